@@ -76,7 +76,9 @@ def golden_params(prefix: str) -> list[Any]:
     """pytest parameters for every golden folder with this prefix, or one skip if none exist."""
     folders = golden_folders(prefix)
     if not folders:
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no golden folders '{prefix}*' under {golden_dir()}"))]
+        return [
+            pytest.param(None, marks=pytest.mark.skip(reason=f"no golden folders '{prefix}*' under {golden_dir()}"))
+        ]
     return [pytest.param(f, id=f.name) for f in folders]
 
 

@@ -1,0 +1,105 @@
+"""Compose a run configuration from YAML config groups, command-line overrides and the typed schema.
+
+``configs/config.yaml`` names one option per group in its ``defaults`` list (e.g. ``fr: offline`` reads
+``configs/fr/offline.yaml``). Overrides are ``group=option`` to swap a group file or ``dotted.key=value`` to set
+a value; every key and value is then checked against :class:`facecloak.config.schema.AppConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from facecloak.config.schema import AppConfig
+from facecloak.errors import ConfigError
+
+CONFIG_DIR_ENV = "FACECLOAK_CONFIG_DIR"
+
+
+def default_config_dir() -> Path:
+    """``$FACECLOAK_CONFIG_DIR``, else the repository's ``configs/`` next to ``src/``."""
+    env = os.environ.get(CONFIG_DIR_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "configs"
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    loaded = OmegaConf.load(path)
+    assert isinstance(loaded, DictConfig)
+    return loaded
+
+
+def _group_options(config_dir: Path, group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+
+
+def _split_overrides(overrides: list[str], groups: dict[str, str], config_dir: Path) -> list[str]:
+    """Apply ``group=option`` overrides to ``groups`` in place; return the remaining value overrides."""
+    values = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value")
+        key, value = item.split("=", 1)
+        if key in groups or (config_dir / key).is_dir():
+            options = _group_options(config_dir, key)
+            if value not in options:
+                raise ConfigError(f"config group '{key}' has no option '{value}'; choose one of {options}")
+            groups[key] = value
+        else:
+            values.append(item)
+    return values
+
+
+def compose_dict(
+    overrides: list[str] | None = None, config_dir: Path | None = None, config_name: str = "config"
+) -> DictConfig:
+    """Merge the primary config, its group files and the overrides onto the schema; checks keys and types."""
+    config_dir = config_dir or default_config_dir()
+    primary = _load_yaml(config_dir / f"{config_name}.yaml")
+    defaults = primary.pop("defaults", [])
+    groups: dict[str, str] = {}
+    for item in defaults:
+        ((group, option),) = dict(item).items()
+        groups[str(group)] = str(option)
+    value_overrides = _split_overrides(list(overrides or []), groups, config_dir)
+    try:
+        merged = OmegaConf.structured(AppConfig)
+        for group, option in groups.items():
+            merged = OmegaConf.merge(merged, {group: _load_yaml(config_dir / group / f"{option}.yaml")})
+        merged = OmegaConf.merge(merged, primary, OmegaConf.from_dotlist(value_overrides))
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err)) from err
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def compose(
+    overrides: list[str] | None = None, config_dir: Path | None = None, config_name: str = "config"
+) -> AppConfig:
+    """The validated run configuration as typed objects (value ranges checked too)."""
+    merged = compose_dict(overrides, config_dir, config_name)
+    try:
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err)) from err
+    assert isinstance(obj, AppConfig)
+    return obj
+
+
+def to_plain(config: AppConfig | DictConfig) -> dict[str, Any]:
+    """A plain, resolved dict (for JSON records, hashing and W&B)."""
+    node = config if isinstance(config, DictConfig) else OmegaConf.structured(config)
+    plain = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(plain, dict)
+    return plain
+
+
+def _explain(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    first = str(err).splitlines()[0]
+    return f"config key '{key}': {first}" if key else f"config error: {first}"

@@ -1,0 +1,102 @@
+"""Typed schemas for every configuration group; a bad value fails at start with a message naming its key.
+
+OmegaConf checks key names and types when a YAML file is merged into these dataclasses; ``__post_init__``
+checks value ranges when the merged config is turned into objects (:func:`facecloak.config.compose.compose`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from facecloak.errors import ConfigError
+
+KNOWN_DETECTORS = ("mtcnn", "scrfd")
+DEFAULT_FAR_LEVELS = (0.1, 0.01, 0.001)
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+@dataclass
+class WeightsConfig:
+    """Where fetched weights are cached (``None``: ``$FACECLOAK_CHECKPOINTS`` or ``checkpoints/``)."""
+
+    cache_dir: str | None = None
+
+
+@dataclass
+class FacesConfig:
+    """Face detection and alignment for full photos."""
+
+    detector: str = "mtcnn"
+    # MTCNN: smallest face side in pixels, and the P/R/O-Net score thresholds (facenet-pytorch defaults).
+    min_face_size: int = 20
+    thresholds: list[float] = field(default_factory=lambda: [0.6, 0.7, 0.7])
+    # Detection runs on a copy downscaled to this longest side; landmarks are mapped back to the full photo.
+    detect_max_side: int = 1600
+    # Photos with more pixels are refused (decompression-bomb guard); raise it for gigapixel scans.
+    max_pixels: int = 100_000_000
+    # Output size of FFHQ-style crops for the generator (the FFHQ recipe uses 1024).
+    ffhq_size: int = 1024
+    scrfd_model: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.detector in KNOWN_DETECTORS, "faces.detector", f"must be one of {KNOWN_DETECTORS}")
+        _require(self.min_face_size >= 8, "faces.min_face_size", "must be at least 8 pixels")
+        _require(
+            len(self.thresholds) == 3 and all(0 < t < 1 for t in self.thresholds),
+            "faces.thresholds",
+            "needs three MTCNN stage thresholds in (0, 1)",
+        )
+        _require(self.detect_max_side >= 64, "faces.detect_max_side", "must be at least 64")
+        _require(self.max_pixels > 0, "faces.max_pixels", "must be positive")
+        _require(16 <= self.ffhq_size <= 1024, "faces.ffhq_size", "must be between 16 and 1024")
+
+
+@dataclass
+class FRConfig:
+    """Which face-recognition models are attacked, which are held out for black-box evaluation."""
+
+    attacked: list[str] = field(default_factory=lambda: ["mobilefacenet_casia", "faceres"])
+    held_out: list[str] = field(default_factory=lambda: ["dlib_native"])
+    far_levels: list[float] = field(default_factory=lambda: list(DEFAULT_FAR_LEVELS))
+    # Thresholds calibrated with `facecloak fr calibrate` (JSON); published ones come from the registry.
+    calibration: str | None = None
+
+    def __post_init__(self) -> None:
+        from facecloak.registry.entries import get_entry
+
+        for key in ("attacked", "held_out"):
+            for name in getattr(self, key):
+                try:
+                    entry = get_entry(name)
+                except ConfigError as err:
+                    raise ConfigError(f"config key 'fr.{key}': {err}") from err
+                _require(entry.kind == "face_recognition", f"fr.{key}", f"'{name}' is not a face-recognition model")
+        for attacked in self.attacked:
+            for held in self.held_out:
+                same = get_entry(attacked).same_network_as == held or get_entry(held).same_network_as == attacked
+                _require(not same, "fr.attacked", f"'{attacked}' is the same network as held-out '{held}'")
+        overlap = set(self.attacked) & set(self.held_out)
+        _require(not overlap, "fr.held_out", f"{sorted(overlap)} cannot be attacked and held out at once")
+        _require(all(0 < f < 1 for f in self.far_levels), "fr.far_levels", "false-accept rates must be in (0, 1)")
+
+
+@dataclass
+class AppConfig:
+    """The whole configuration of a facecloak run."""
+
+    seed: int = 0
+    device: str = "cpu"
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    faces: FacesConfig = field(default_factory=FacesConfig)
+    fr: FRConfig = field(default_factory=FRConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.device == "cpu" or self.device.startswith(("cuda", "mps")),
+            "device",
+            "must be 'cpu', 'cuda', 'cuda:N' or 'mps'",
+        )

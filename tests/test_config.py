@@ -1,0 +1,57 @@
+"""Configs are data: every shipped YAML composes against the schema; bad keys and values fail naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from facecloak.config.compose import compose, default_config_dir
+from facecloak.errors import ConfigError
+
+CONFIG_DIR = default_config_dir()
+GROUP_OPTIONS = [
+    (group.name, option.stem)
+    for group in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir())
+    for option in sorted(group.glob("*.yaml"))
+]
+
+
+def test_default_config_composes() -> None:
+    cfg = compose()
+    assert cfg.faces.detector == "mtcnn"
+    assert cfg.fr.held_out == ["dlib_native"]
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_shipped_config_file_parses_against_the_schema(group: str, option: str) -> None:
+    cfg = compose([f"{group}={option}"])
+    assert getattr(cfg, group) is not None
+
+
+def test_value_override_and_group_swap() -> None:
+    cfg = compose(["fr=paper_loo_irse50", "faces.min_face_size=40", "seed=7"])
+    assert cfg.fr.held_out == ["irse50"] and "irse50" not in cfg.fr.attacked
+    assert cfg.faces.min_face_size == 40 and cfg.seed == 7
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("faces.min_face_sise=40", "faces.min_face_sise"),
+        ("faces.min_face_size=big", "faces.min_face_size"),
+        ("faces.min_face_size=2", "faces.min_face_size"),
+        ("faces.detector=haar", "faces.detector"),
+        ("fr.attacked=[irse5O]", "fr.attacked"),
+        ("fr.held_out=[mobilefacenet_casia]", "fr.held_out"),
+        ("fr=nonexistent", "group 'fr'"),
+        ("device=tpu", "device"),
+        ("no_equals_sign", "key=value"),
+    ],
+)
+def test_bad_config_fails_naming_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        compose([override])
+
+
+def test_face_api_port_is_never_attacked_while_dlib_is_held_out() -> None:
+    with pytest.raises(ConfigError, match="same network"):
+        compose(["fr.attacked=[faceapi_dlib]", "fr.held_out=[dlib_native]"])

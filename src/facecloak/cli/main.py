@@ -32,7 +32,8 @@ def _commands() -> dict[str, tuple[str, Command]]:
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Separate ``key=value`` overrides from ordinary arguments (options' own ``--x=y`` stay put)."""
-    plain, overrides = [], []
+    plain: list[str] = []
+    overrides: list[str] = []
     for arg in argv:
         (overrides if "=" in arg and not arg.startswith("-") else plain).append(arg)
     return plain, overrides

@@ -96,7 +96,7 @@ def to_plain(config: AppConfig | DictConfig) -> dict[str, Any]:
     node = config if isinstance(config, DictConfig) else OmegaConf.structured(config)
     plain = OmegaConf.to_container(node, resolve=True)
     assert isinstance(plain, dict)
-    return plain
+    return {str(k): v for k, v in plain.items()}
 
 
 def _explain(err: OmegaConfBaseException) -> str:

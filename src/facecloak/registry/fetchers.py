@@ -46,10 +46,10 @@ def extract_member(container: Path, member: str, dest: Path) -> None:
         members = [m for m in tf.getmembers() if m.isfile() and (m.name == member or m.name.endswith("/" + member))]
         if not members:
             raise MissingWeightsError(f"{member} is not inside {container.name}")
-        src = tf.extractfile(members[0])
-        assert src is not None
-        with src, open(dest, "wb") as out:
-            shutil.copyfileobj(src, out, _CHUNK)
+        extracted = tf.extractfile(members[0])
+        assert extracted is not None
+        with extracted, open(dest, "wb") as out:
+            shutil.copyfileobj(extracted, out, _CHUNK)
 
 
 def _fetch_url_like(url: str, source: Source, dest: Path) -> None:

@@ -13,10 +13,10 @@ os.environ.setdefault("FACECLOAK_SHARED", str((Path(__file__).resolve().parents[
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from facecloak.paths import shared_root  # noqa: E402
+from facecloak.paths import shared_root
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

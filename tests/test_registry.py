@@ -13,14 +13,33 @@ from facecloak.registry import store
 from facecloak.registry.entries import KINDS, Source, WeightsFile, get_entry, load_registry
 from facecloak.registry.fetchers import extract_member, fetch_url
 
-PAPER_MODELS = ("stylegan2_ffhq_1024", "e4e_ffhq_encode", "clip_vit_b32_openai", "ir152", "irse50", "facenet",
-                "mobile_face", "ddpm_celebahq_256", "insightface_buffalo_l")
+PAPER_MODELS = (
+    "stylegan2_ffhq_1024",
+    "e4e_ffhq_encode",
+    "clip_vit_b32_openai",
+    "ir152",
+    "irse50",
+    "facenet",
+    "mobile_face",
+    "ddpm_celebahq_256",
+    "insightface_buffalo_l",
+)
 
 
 def test_registry_lists_papers_and_offline_models() -> None:
     registry = load_registry()
-    for name in (*PAPER_MODELS, "mobilefacenet_casia", "faceres", "faceres_deep", "mobileface_human",
-                 "faceapi_dlib", "dlib_native", "mtcnn", "emotion_fer2013", "facemesh"):
+    for name in (
+        *PAPER_MODELS,
+        "mobilefacenet_casia",
+        "faceres",
+        "faceres_deep",
+        "mobileface_human",
+        "faceapi_dlib",
+        "dlib_native",
+        "mtcnn",
+        "emotion_fer2013",
+        "facemesh",
+    ):
         assert name in registry
     for entry in registry.values():
         assert entry.kind in KINDS and entry.licence and entry.description and entry.files
@@ -38,7 +57,7 @@ def test_paper_thresholds_are_data_with_source() -> None:
 
 
 def test_unknown_model_names_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="Known models: .*irse50"):
+    with pytest.raises(ConfigError, match=r"Known models: .*irse50"):
         get_entry("irse5O")
 
 
@@ -56,6 +75,7 @@ def test_shared_weights_resolve_and_verify(weights_dir: Path) -> None:
             registered.add(f"./{file.path}")
     unregistered = set(sums) - registered
     assert all("blazeface" in name for name in unregistered), unregistered  # BlazeFace is not used by facecloak
+
 
 def test_installed_package_files_resolve() -> None:
     paths = store.resolve("mtcnn")
@@ -75,7 +95,7 @@ def test_corrupt_cached_file_is_reported(tmp_path: Path, monkeypatch) -> None:
     bad = tmp_path / entry.files[0].path
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not the checkpoint")
-    with pytest.raises(CorruptWeightsError, match="SHA-256.*facecloak weights fetch mobilefacenet_casia"):
+    with pytest.raises(CorruptWeightsError, match=r"SHA-256.*facecloak weights fetch mobilefacenet_casia"):
         store.resolve("mobilefacenet_casia", cache_dir=tmp_path)
 
 
@@ -105,7 +125,7 @@ def test_fetch_with_wrong_checksum_writes_nothing(tmp_path: Path, monkeypatch) -
     entry = replace(get_entry("mobilefacenet_casia"), name="demo", files=(file,))
     monkeypatch.setitem(load_registry(), "demo", entry)
     cache = tmp_path / "cache"
-    with pytest.raises(MissingWeightsError, match="SHA-256"):
+    with pytest.raises(MissingWeightsError, match=r"SHA-256"):
         store.fetch("demo", cache_dir=cache)
     assert not (cache / "demo").exists() or not any((cache / "demo").iterdir())
 

@@ -116,7 +116,8 @@ def _build_tfjs_graph(entry: ModelEntry, paths: list[Path]) -> FaceEmbedder:
 
     assert entry.architecture is not None
     graph_json = next(p for p in paths if p.suffix == ".json")
-    return FaceEmbedder(entry, load_human_model(entry.architecture.split(":", 1)[1], graph_json))
+    network = load_human_model(entry.architecture.split(":", 1)[1], graph_json, outputs=["embedding"])
+    return FaceEmbedder(entry, network)
 
 
 def _build_faceapi(entry: ModelEntry, paths: list[Path]) -> FaceEmbedder:

@@ -13,7 +13,7 @@ import torch
 from facecloak.config.compose import compose
 from facecloak.errors import FacecloakError
 from facecloak.faces.align import align_ffhq
-from facecloak.faces.crops import crop_for_template, detect_faces, detector_from_config
+from facecloak.faces.crops import crop_for_template, detect_with_config, detector_from_config
 from facecloak.faces.detect import dlib_landmarks68
 from facecloak.io.images import load_photo, save_png
 
@@ -40,7 +40,7 @@ def run_align(args: argparse.Namespace, overrides: list[str]) -> int:
     for path in args.photos:
         try:
             photo = load_photo(path, max_pixels=config.faces.max_pixels)
-            faces = detect_faces(photo.rgb, detector, config.faces.detect_max_side)
+            faces = detect_with_config(photo.rgb, detector, config.faces)
             if not faces:
                 raise FacecloakError("no face detected")
             for index, face in enumerate(faces):
@@ -95,7 +95,7 @@ def run_embed(args: argparse.Namespace, overrides: list[str]) -> int:
         except FacecloakError as err:
             print(f"{path}: skipped: {err}")
             continue
-        faces = detect_faces(photo.rgb, detector, config.faces.detect_max_side)
+        faces = detect_with_config(photo.rgb, detector, config.faces)
         if not faces:
             print(f"{path}: skipped: no face detected")
         for index, face in enumerate(faces):

@@ -13,7 +13,7 @@ import numpy as np
 
 from facecloak.config.schema import FacesConfig
 from facecloak.faces.align import align_face
-from facecloak.faces.detect import Face, FaceDetector, build_detector
+from facecloak.faces.detect import Face, FaceDetector, build_detector, dlib_landmarks68, landmarks5_from_68
 from facecloak.faces.templates import get_template
 
 DLIB_CHIP_PREFIX = "dlib_chip_"
@@ -26,18 +26,28 @@ def detector_from_config(config: FacesConfig, device: str = "cpu") -> FaceDetect
     return build_detector(config.detector, model_path=config.scrfd_model)
 
 
-def detect_faces(rgb: np.ndarray, detector: FaceDetector, detect_max_side: int) -> list[Face]:
+def detect_faces(
+    rgb: np.ndarray, detector: FaceDetector, detect_max_side: int, refine_landmarks: bool = False
+) -> list[Face]:
     """Every face in the photo, largest first, in full-resolution coordinates."""
     height, width = rgb.shape[:2]
     scale = min(1.0, detect_max_side / max(height, width))
     if scale >= 1.0:
-        return detector.detect(rgb)
-    small = cv2.resize(rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
-    faces = detector.detect(small)
-    return [
-        replace(face, box=tuple(float(v) / scale for v in face.box), landmarks5=face.landmarks5 / scale)  # type: ignore[arg-type]
-        for face in faces
-    ]
+        faces = detector.detect(rgb)
+    else:
+        small = cv2.resize(rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        faces = [
+            replace(face, box=tuple(float(v) / scale for v in face.box), landmarks5=face.landmarks5 / scale)  # type: ignore[arg-type]
+            for face in detector.detect(small)
+        ]
+    if refine_landmarks:
+        faces = [replace(face, landmarks5=landmarks5_from_68(dlib_landmarks68(rgb, face))) for face in faces]
+    return faces
+
+
+def detect_with_config(rgb: np.ndarray, detector: FaceDetector, config: FacesConfig) -> list[Face]:
+    """Detection as the run's configuration asks (downscaled search, optional landmark refinement)."""
+    return detect_faces(rgb, detector, config.detect_max_side, config.refine_landmarks)
 
 
 def crop_for_template(rgb: np.ndarray, face: Face, template: str) -> np.ndarray:

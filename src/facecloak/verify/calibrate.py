@@ -19,7 +19,7 @@ import torch
 
 from facecloak.config.schema import AppConfig
 from facecloak.errors import FacecloakError, ImageError
-from facecloak.faces.crops import crop_for_template, detect_faces, detector_from_config
+from facecloak.faces.crops import crop_for_template, detect_with_config, detector_from_config
 from facecloak.io.images import load_photo
 from facecloak.models.fr.zoo import FaceEmbedder, load_fr_model
 from facecloak.verify.metrics import verification_report
@@ -76,7 +76,7 @@ def embed_labelled_set(
     for photo in photos:
         try:
             loaded = load_photo(photo.path, max_pixels=config.faces.max_pixels)
-            faces = detect_faces(loaded.rgb, detector, config.faces.detect_max_side)
+            faces = detect_with_config(loaded.rgb, detector, config.faces)
         except ImageError as err:
             result.failures.append((photo.image_id, str(err)))
             continue

@@ -56,7 +56,7 @@ def test_offline_models_reach_manifest_auc(shared_calibration: dict, weights_dir
     assert {"mobilefacenet_casia", "faceres", "faceres_deep", "mobileface_human", "faceapi_dlib"} <= set(expected)
     assert not embedded.failures, embedded.failures
     measured = {}
-    for name, reported in expected.items():
+    for name in expected:
         scores = pair_scores(embedded.embeddings[name], embedded.labels)
         measured[name] = roc_auc(scores.genuine, scores.impostor)
     print("ROC-AUC measured vs MANIFEST:", {n: (round(measured[n], 4), expected[n]) for n in expected})

@@ -1,0 +1,132 @@
+"""Build Lightning Trainers and loggers from configuration, the same way for every stage.
+
+Lightning and W&B are imported here, not in the library modules. W&B runs offline by default (nothing leaves the
+machine; ``wandb sync`` uploads later), get the resolved config as a plain container, are closed even when the
+stage crashes, and never receive face images unless ``logger.log_images`` is set — this is a privacy tool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from facecloak.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "64-true")
+LOGGER_KINDS = ("wandb", "csv", "none")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class TrainerConfig:
+    """Hardware and precision of every optimisation stage."""
+
+    accelerator: str = "auto"
+    # An integer count, a list such as "0,1", or "auto".
+    devices: str = "1"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    strategy: str = "auto"
+    progress_bar: bool = True
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"config key 'trainer.precision': must be one of {PRECISIONS}, got '{self.precision}'")
+        if self.num_nodes < 1:
+            raise ConfigError("config key 'trainer.num_nodes': must be at least 1")
+
+
+@dataclass
+class LoggerConfig:
+    """Where loss curves go: W&B (offline by default), CSV files, or nowhere."""
+
+    kind: str = "wandb"
+    mode: str = "offline"
+    project: str = "facecloak"
+    save_dir: str = "outputs/logs"
+    # Face images are uploaded only when the user opts in.
+    log_images: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in LOGGER_KINDS:
+            raise ConfigError(f"config key 'logger.kind': must be one of {LOGGER_KINDS}, got '{self.kind}'")
+        if self.mode not in WANDB_MODES:
+            raise ConfigError(f"config key 'logger.mode': must be one of {WANDB_MODES}, got '{self.mode}'")
+
+
+def _devices(value: str) -> int | str | list[int]:
+    if value == "auto":
+        return value
+    if "," in value:
+        return [int(v) for v in value.split(",") if v]
+    return int(value)
+
+
+def trainer_kwargs(config: TrainerConfig, logger: Any = None, max_steps: int | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``lightning.Trainer`` (a stage adds its own step count)."""
+    kwargs: dict[str, Any] = {
+        "accelerator": config.accelerator,
+        "devices": _devices(config.devices),
+        "num_nodes": config.num_nodes,
+        "precision": config.precision,
+        "strategy": config.strategy,
+        "enable_progress_bar": config.progress_bar,
+        "deterministic": config.deterministic,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "logger": logger if logger is not None else False,
+        "num_sanity_val_steps": 0,
+    }
+    if max_steps is not None:
+        kwargs["max_steps"] = max_steps
+    return kwargs
+
+
+def build_logger(config: LoggerConfig, run_name: str, run_config: dict[str, Any], group: str | None = None) -> Any:
+    """A Lightning logger for one stage run, or None when logging is off."""
+    if config.kind == "none" or (config.kind == "wandb" and config.mode == "disabled"):
+        return None
+    save_dir = Path(config.save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    if config.kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(save_dir), name=run_name)
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = WandbLogger(
+        project=config.project,
+        name=run_name,
+        group=group,
+        save_dir=str(save_dir),
+        offline=config.mode == "offline",
+        log_model=False,
+    )
+    logger.log_hyperparams(run_config)
+    return logger
+
+
+@contextlib.contextmanager
+def closing_logger(logger: Any) -> Iterator[Any]:
+    """Finish the W&B run whatever happens, marking it failed when the stage raised."""
+    try:
+        yield logger
+    except BaseException:
+        _finish(logger, exit_code=1)
+        raise
+    else:
+        _finish(logger, exit_code=0)
+
+
+def _finish(logger: Any, exit_code: int) -> None:
+    experiment = getattr(logger, "_experiment", None)
+    if experiment is not None:
+        with contextlib.suppress(Exception):
+            experiment.finish(exit_code=exit_code)

@@ -1,0 +1,451 @@
+"""MAP stage: fine-tune a diffusion score network so regenerated faces change expression and hide their identity.
+
+Machine Pareidolia (MAP, Le & Woo, AAAI 2026) carries the adversarial identity change in a natural change of
+facial expression. As in DiffusionCLIP, each photo is DDIM-inverted once to ``x_t0`` (with the network before
+fine-tuning; the latents stay fixed) and every training step regenerates it with the network being tuned, with
+gradients through the DDIM chain. On the regenerated image:
+
+* identity (:class:`~facecloak.losses.identity.AdversarialIdentityLoss`): away from the user (dodging) or toward a
+  target (impersonation) under the attacked face-recognition ensemble;
+* expression (:class:`~facecloak.losses.expression.ExpressionObjective`): the chosen expression;
+* naturalness: pixel L1 and SSIM to the original, Laplacian smoothness of the 68 face-api landmarks
+  (:mod:`facecloak.losses.landmark_smoothness`), and the score-matching (ε-prediction) loss on noised originals,
+  which keeps the network a denoiser.
+
+The identity and expression gradients are combined by conflict projection
+(:class:`~facecloak.losses.gradient_projection.GradientProjector`, PCGrad with optional EMA); the naturalness
+gradient is added on top. Optimisation is manual for that reason.
+
+The network weights are shared by all images, so data-parallel training is possible: each rank regenerates its own
+images and the per-objective gradients are averaged over ranks *before* projection (same result as one large
+batch). Frozen judges (face-recognition models, expression and landmark nets) are held outside the registered
+submodules, in eval mode, so checkpoints hold only the score network (and the optimizer and projector state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from kornia.losses import ssim_loss
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
+
+from facecloak.diffusion import GradMode, NoiseSchedule, ddim_generate, ddim_invert
+from facecloak.errors import ConfigError
+from facecloak.faces.align import transform_points, warp_image
+from facecloak.faces.detect import Face
+from facecloak.losses.expression import DEFAULT_BOX_MARGIN, ExpressionObjective, face_boxes_from_landmarks, faceapi_crop
+from facecloak.losses.gradient_projection import GradientProjector, flatten_grads, gradient_cosine, unflatten_like
+from facecloak.losses.identity import MODES, AdversarialIdentityLoss, IdentityReference
+from facecloak.losses.landmark_smoothness import laplacian_coordinates, laplacian_smoothness_loss, mesh_laplacian
+from facecloak.models.ddpm import DDPMUNet
+
+SSIM_WINDOW = 11
+"""Gaussian window of the SSIM fidelity term (Wang et al. 2004)."""
+
+FACE_CROP_SCALE = 1.6
+"""Side of the square network input relative to the detector box's larger side: the whole head with a little
+background, roughly the framing of the CelebA-HQ images the reference score network was trained on."""
+
+SEED_STRIDE = 1_000_003
+"""Separates the per-step random streams of different seeds (a prime, so seed·stride + step never collides early)."""
+
+
+# --- configuration ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weight of each loss term; identity and expression are projected against each other, the rest added."""
+
+    identity: float = 1.0
+    expression: float = 1.0
+    pixel: float = 1.0
+    ssim: float = 0.5
+    landmark: float = 1.0
+    score: float = 1.0
+
+    def __post_init__(self) -> None:
+        negative = {name: value for name, value in asdict(self).items() if value < 0}
+        if negative:
+            raise ConfigError(f"map.weights must be non-negative, got {negative}")
+
+
+@dataclass(frozen=True)
+class ScoreFinetuneConfig:
+    """Options of the MAP fine-tuning stage; defaults follow DiffusionCLIP's fine-tuning (t0 = 500, 40/6 steps)."""
+
+    expression: str = "happy"
+    identity_mode: str = "dodge"
+    t0: int = 500
+    inversion_steps: int = 40
+    generation_steps: int = 6
+    grad_mode: str = "full"
+    lr: float = 8e-6
+    weights: LossWeights = field(default_factory=LossWeights)
+    project_gradients: bool = True
+    gradient_ema: float = 0.0
+    max_grad_norm: float | None = None
+    box_margin: float = DEFAULT_BOX_MARGIN
+    landmark_scale_invariant: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weights, Mapping):
+            object.__setattr__(self, "weights", LossWeights(**self.weights))
+        if self.identity_mode not in MODES:
+            raise ConfigError(f"map.identity_mode={self.identity_mode!r} must be one of {list(MODES)}")
+        if self.grad_mode not in get_args(GradMode) or self.grad_mode == "none":
+            raise ConfigError(f"map.grad_mode={self.grad_mode!r} must be one of full, checkpoint, detach")
+        if self.t0 < 1:
+            raise ConfigError(f"map.t0={self.t0} must be a positive timestep")
+        if self.inversion_steps < 2 or self.generation_steps < 2:
+            raise ConfigError(
+                f"map.inversion_steps={self.inversion_steps} and map.generation_steps={self.generation_steps} "
+                "must be at least 2"
+            )
+        if self.lr <= 0:
+            raise ConfigError(f"map.lr={self.lr} must be positive")
+        if not 0.0 <= self.gradient_ema < 1.0:
+            raise ConfigError(f"map.gradient_ema={self.gradient_ema} must be in [0, 1) (0 turns the EMA off)")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigError(f"map.max_grad_norm={self.max_grad_norm} must be positive or null")
+        if self.box_margin <= 0:
+            raise ConfigError(f"map.box_margin={self.box_margin} must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for logging and checkpoints (no dataclass objects to unpickle)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ScoreFinetuneConfig:
+        """Build from a plain dict (e.g. a YAML section); unknown keys are an error, not silently dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown map config keys {unknown}; known keys are {sorted(known)}")
+        return cls(**dict(values))
+
+
+# --- data ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class FaceCrop:
+    """A square face crop at the network's resolution, its landmarks, and the photo→crop matrix for paste-back."""
+
+    image01: torch.Tensor
+    """``[3, size, size]`` RGB in [0, 1]."""
+    landmarks5: torch.Tensor
+    """``[5, 2]`` landmarks in crop pixels."""
+    matrix: np.ndarray
+
+
+def square_face_crop(rgb: np.ndarray, face: Face, size: int, scale: float = FACE_CROP_SCALE) -> FaceCrop:
+    """Cut the square around a detected face that the score network sees (axis-aligned, antialiased)."""
+    if scale <= 0 or size < 1:
+        raise ConfigError(f"face crop scale={scale} and size={size} must be positive")
+    left, top, right, bottom = face.box
+    side = scale * max(right - left, bottom - top)
+    zoom = size / side
+    # Box centre (pixel-centre coordinates) goes to the crop centre ((size - 1) / 2).
+    cx, cy = (left + right) / 2.0, (top + bottom) / 2.0
+    matrix = np.array([[zoom, 0.0, (size - 1) / 2.0 - zoom * cx], [0.0, zoom, (size - 1) / 2.0 - zoom * cy]])
+    crop = warp_image(rgb, matrix, (size, size), interpolation="bilinear", border="reflect")
+    return FaceCrop(
+        image01=torch.from_numpy(crop).permute(2, 0, 1).float() / 255.0,
+        landmarks5=torch.from_numpy(transform_points(matrix, face.landmarks5)).float(),
+        matrix=matrix,
+    )
+
+
+class FinetuneFaces(Dataset):
+    """Per-image tensors the training step needs, precomputed once; items are dicts keyed as in :meth:`__getitem__`.
+
+    Keys: ``index`` (image id), ``x0`` (original in [-1, 1]), ``x_t0`` (fixed DDIM latent), ``landmarks5``,
+    ``boxes`` (face crop box), ``laplacian`` and ``delta`` (landmark mesh and original Laplacian coordinates),
+    ``source`` / ``target`` (per-model reference embeddings).
+    """
+
+    def __init__(self, tensors: dict[str, Any]) -> None:
+        self.tensors = tensors
+        self.length = int(tensors["x0"].shape[0])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {key: _index(value, i) for key, value in self.tensors.items()}
+
+
+def _index(value: Any, i: int) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _index(v, i) for k, v in value.items()}
+    return value[i]
+
+
+@torch.no_grad()
+def prepare_finetune_faces(
+    unet: DDPMUNet,
+    images01: torch.Tensor,
+    landmarks5: torch.Tensor,
+    config: ScoreFinetuneConfig,
+    identity_loss: AdversarialIdentityLoss,
+    landmark_net: nn.Module | None = None,
+    target_embeddings: Mapping[str, torch.Tensor] | None = None,
+    schedule: NoiseSchedule | None = None,
+) -> FinetuneFaces:
+    """Invert the photos with the network *before* fine-tuning and gather every fixed reference the losses need.
+
+    ``images01`` are ``[N, 3, R, R]`` face photos in [0, 1] at the network's resolution and ``landmarks5`` their
+    five landmarks in those pixels. ``target_embeddings`` (per model, ``[D]`` or ``[N, D]``) are needed for
+    impersonation.
+    """
+    schedule = schedule or NoiseSchedule()
+    n = images01.shape[0]
+    x0 = images01 * 2.0 - 1.0
+    was_training = unet.training
+    unet.eval()
+    x_t0 = ddim_invert(unet, schedule, x0, t0=config.t0, num_steps=config.inversion_steps)
+    unet.train(was_training)
+    boxes = face_boxes_from_landmarks(landmarks5.float(), config.box_margin)
+    tensors: dict[str, Any] = {
+        "index": torch.arange(n),
+        "x0": x0,
+        "x_t0": x_t0,
+        "landmarks5": landmarks5.float(),
+        "boxes": boxes,
+        "source": identity_loss.embed(images01, landmarks5.float()),
+    }
+    if target_embeddings is not None:
+        tensors["target"] = {name: emb.expand(n, -1).clone() for name, emb in target_embeddings.items()}
+    elif config.identity_mode == "impersonate":
+        raise ConfigError("map.identity_mode='impersonate' needs target embeddings (embed a photo of the target)")
+    if config.weights.landmark > 0:
+        if landmark_net is None:
+            raise ConfigError("map.weights.landmark > 0 needs a 68-landmark network (load_faceapi_model('landmark68'))")
+        reference = landmark_net(faceapi_crop(images01, boxes))
+        tensors["laplacian"] = mesh_laplacian(reference).to(images01)
+        tensors["delta"] = laplacian_coordinates(reference, tensors["laplacian"], config.landmark_scale_invariant)
+    return FinetuneFaces(tensors)
+
+
+# --- the Lightning module --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FrozenJudges:
+    """The networks that score generated faces; a plain container so they are not registered submodules."""
+
+    identity: AdversarialIdentityLoss
+    expression: ExpressionObjective
+    landmark: nn.Module | None
+
+    def to(self, device: torch.device) -> FrozenJudges:
+        """Move every judge (kept in eval mode) to ``device``."""
+        for net in (self.identity, self.expression, self.landmark):
+            if net is not None:
+                net.to(device).eval().requires_grad_(False)
+        return self
+
+
+class ScoreFinetune(L.LightningModule):
+    """MAP fine-tuning of ``unet``; the trained network is ``self.unet`` (see :func:`protect_with_finetuned`)."""
+
+    def __init__(
+        self,
+        unet: DDPMUNet,
+        config: ScoreFinetuneConfig,
+        identity_loss: AdversarialIdentityLoss,
+        expression_loss: ExpressionObjective,
+        landmark_net: nn.Module | None = None,
+        schedule: NoiseSchedule | None = None,
+    ) -> None:
+        super().__init__()
+        if expression_loss.expression != config.expression.strip().lower():
+            raise ConfigError(
+                f"map.expression={config.expression!r} but the expression objective targets "
+                f"{expression_loss.expression!r}; build it with ExpressionObjective(config.expression)"
+            )
+        if identity_loss.mode != config.identity_mode:
+            raise ConfigError(
+                f"map.identity_mode={config.identity_mode!r} but the identity loss is {identity_loss.mode!r}"
+            )
+        if config.weights.landmark > 0 and landmark_net is None:
+            raise ConfigError("map.weights.landmark > 0 needs a 68-landmark network (load_faceapi_model('landmark68'))")
+        self.save_hyperparameters(
+            ignore=["unet", "config", "identity_loss", "expression_loss", "landmark_net", "schedule"]
+        )
+        self.hparams.update(config=config.to_dict(), unet_config=unet.config.to_dict())
+        self.automatic_optimization = False
+        self.config = config
+        self.unet = unet
+        self.schedule = schedule or NoiseSchedule()
+        self.judges = FrozenJudges(identity_loss, expression_loss, landmark_net)
+        self.projector = GradientProjector(2, ema_decay=config.gradient_ema, project=config.project_gradients)
+
+    # --- set-up ---
+
+    def on_fit_start(self) -> None:
+        """Frozen judges follow the score network to its device; DDP's own gradient sync is switched off.
+
+        Gradients come from ``torch.autograd.grad`` (one per objective) and are averaged over ranks explicitly before
+        projection, so DDP must not expect a ``backward()`` after each forward.
+        """
+        self.judges.to(self.device)
+        wrapper = getattr(self.trainer.strategy, "model", None)
+        if isinstance(wrapper, DistributedDataParallel):
+            wrapper.require_backward_grad_sync = False
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam on the score network only (DiffusionCLIP fine-tunes with Adam, no weight decay)."""
+        return torch.optim.Adam(self.unet.parameters(), lr=self.config.lr)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the gradient EMA, so a resumed run continues exactly where it stopped."""
+        checkpoint["gradient_projection"] = self.projector.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the gradient EMA saved by :meth:`on_save_checkpoint`."""
+        self.projector.load_state_dict(checkpoint["gradient_projection"])
+
+    # --- losses ---
+
+    def regenerate(self, x_t0: torch.Tensor) -> torch.Tensor:
+        """Regenerate images (about [0, 1]) from their fixed latents, differentiably w.r.t. the score network.
+
+        Not clamped: a clamp would zero the gradient of out-of-range pixels, so the fidelity terms could not pull
+        them back. :func:`protect_with_finetuned` clamps the final output.
+        """
+        c = self.config
+        grad_mode: GradMode = c.grad_mode  # type: ignore[assignment]  # validated in ScoreFinetuneConfig
+        x = ddim_generate(self.unet, self.schedule, x_t0, t0=c.t0, num_steps=c.generation_steps, grad_mode=grad_mode)
+        return (x + 1.0) / 2.0
+
+    def score_matching_loss(self, x0: torch.Tensor) -> torch.Tensor:
+        """ε-prediction MSE at random timesteps; the randomness depends only on (seed, step), so resuming is exact."""
+        generator = torch.Generator().manual_seed(self.config.seed * SEED_STRIDE + self.global_step)
+        t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        t = t.to(x0.device)
+        return F.mse_loss(self.unet(self.schedule.add_noise(x0, noise, t), t), noise)
+
+    def losses(
+        self, batch: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted identity, expression and naturalness losses of one batch, plus the unweighted terms to log."""
+        w = self.config.weights
+        images01 = self.regenerate(batch["x_t0"])
+        original01 = (batch["x0"] + 1.0) / 2.0
+        reference = IdentityReference(source=batch["source"], target=batch.get("target"))
+        identity, sims = self.judges.identity(images01, batch["landmarks5"], reference)
+        logits = self.judges.expression.logits(images01, batch["boxes"])
+        expression = self.judges.expression.nll(logits)
+        logged = {
+            "loss/identity": identity.mean(),
+            "loss/expression": expression.mean(),
+            "expression/probability": torch.softmax(logits, dim=1)[:, self.judges.expression.index].mean(),
+            "loss/pixel": F.l1_loss(images01, original01),
+            "loss/ssim": ssim_loss(images01, original01, SSIM_WINDOW),
+            "loss/score": self.score_matching_loss(batch["x0"]) if w.score > 0 else torch.zeros((), device=self.device),
+        }
+        for kind, per_model in sims.items():
+            for name, sim in per_model.items():
+                logged[f"similarity/{kind}/{name}"] = sim.mean()
+        natural = w.pixel * logged["loss/pixel"] + w.ssim * logged["loss/ssim"] + w.score * logged["loss/score"]
+        if w.landmark > 0:
+            assert self.judges.landmark is not None  # checked in __init__
+            points = self.judges.landmark(faceapi_crop(images01, batch["boxes"]))
+            logged["loss/landmark"] = laplacian_smoothness_loss(
+                points, batch["delta"], batch["laplacian"], self.config.landmark_scale_invariant
+            ).mean()
+            natural = natural + w.landmark * logged["loss/landmark"]
+        return w.identity * logged["loss/identity"], w.expression * logged["loss/expression"], natural, logged
+
+    # --- optimisation ---
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        """One projected update: per-objective gradients, averaged over ranks, PCGrad, plus naturalness."""
+        optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)  # configure_optimizers returns exactly one
+        params = [p for p in self.unet.parameters() if p.requires_grad]
+        identity, expression, natural, logged = self.losses(batch)
+        w = self.config.weights
+        g_identity = self._flat_grad(identity, params, retain_graph=True, skip=w.identity == 0)
+        g_expression = self._flat_grad(expression, params, retain_graph=True, skip=w.expression == 0)
+        g_natural = self._flat_grad(natural, params, retain_graph=False)
+        g_identity, g_expression, g_natural = (
+            self._average_over_ranks(g) for g in (g_identity, g_expression, g_natural)
+        )
+        update = self.projector.combine([g_identity, g_expression]) + g_natural
+        for p, g in zip(params, unflatten_like(update, params), strict=True):
+            p.grad = g.clone()
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        total = identity + expression + natural
+        logged["loss/total"] = total
+        logged["gradient/cosine_identity_expression"] = gradient_cosine(g_identity, g_expression)
+        batch_size = int(batch["x0"].shape[0])
+        self.log_dict({k: v.detach() for k, v in logged.items()}, prog_bar=False, batch_size=batch_size)
+        return total.detach()
+
+    @staticmethod
+    def _flat_grad(
+        loss: torch.Tensor, params: Sequence[torch.Tensor], retain_graph: bool, skip: bool = False
+    ) -> torch.Tensor:
+        if skip or not loss.requires_grad:  # a zero-weighted or constant term: no backward pass needed
+            return flatten_grads([None] * len(params), params)
+        grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+        return flatten_grads(list(grads), params)
+
+    def _average_over_ranks(self, flat: torch.Tensor) -> torch.Tensor:
+        """Mean over data-parallel ranks (identity on one device), done before projection."""
+        if self.trainer.world_size <= 1:
+            return flat
+        return self.trainer.strategy.reduce(flat, reduce_op="mean")
+
+
+# --- protecting new photos -------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def protect_with_finetuned(
+    unet: DDPMUNet,
+    images01: torch.Tensor,
+    config: ScoreFinetuneConfig,
+    original: DDPMUNet | None = None,
+    schedule: NoiseSchedule | None = None,
+) -> torch.Tensor:
+    """Protect photos (``[N, 3, R, R]`` in [0, 1]) with a fine-tuned network, without further training.
+
+    Generation always uses the fine-tuned ``unet``. Inversion uses ``original`` when given: that is DiffusionCLIP's
+    recipe (``edit_one_image`` inverts with the pretrained model) and matches training, where the latents came from
+    the network before fine-tuning. Without it the fine-tuned network also inverts, so a single saved network is
+    enough to protect; the round trip then tends to undo part of the edit, so pass ``original`` when you have it.
+    """
+    schedule = schedule or NoiseSchedule()
+    inverter = original if original is not None else unet
+    states = [(net, net.training) for net in ([unet] if original is None else [unet, original])]
+    for net, _ in states:
+        net.eval()
+    x0 = images01.to(next(unet.parameters())) * 2.0 - 1.0
+    x_t0 = ddim_invert(inverter, schedule, x0, t0=config.t0, num_steps=config.inversion_steps)
+    x = ddim_generate(unet, schedule, x_t0, t0=config.t0, num_steps=config.generation_steps, grad_mode="none")
+    for net, mode in states:
+        net.train(mode)
+    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def save_finetuned(module: ScoreFinetune, directory: str | Path) -> Path:
+    """Save the fine-tuned score network alone (``save_pretrained``), ready for :func:`protect_with_finetuned`."""
+    return module.unet.save_pretrained(directory)

@@ -1,0 +1,356 @@
+"""CLIP2Protect stage 1: pivot tuning (PTI, Roich et al., 2022) of StyleGAN2 around each photo's inverted code.
+
+The generator is fine-tuned so that its render of the photo's fixed pivot code W+ matches the photo; stage 2 then
+edits the code with this per-photo generator. The recipe is CLIP2Protect's (``pivot_tuning.py``, ``main.py``):
+Adam at 5e-4 for 150 steps on every synthesis weight, loss LPIPS(VGG) + 0.1 · MSE on 256² resizes, noise maps
+drawn once per image and frozen. Optionally each image stops when its perceptual loss reaches a threshold, as PTI
+does (PTI's ``LPIPS_value_threshold`` is 0.06).
+
+Unlike the reference, which builds one generator and one Adam optimizer and reuses them for every photo (photo k
+starts from the weights and moments left by photo k-1), every run here starts from the frozen base generator with
+fresh per-image offsets and a fresh optimizer.
+
+Several images are tuned in one step with one code path for any batch size: the trainable state is a stack of
+per-image weight offsets ``delta [N, *shape]`` for every synthesis parameter, and the generator runs once per image
+under ``torch.func.vmap`` with ``functional_call`` and weights ``base + delta[i]``. Losses are per image and summed
+and Adam is element-wise, so a batch of N gives what N separate runs give.
+
+The tuned generator is *defined* as ``base + float(fp16(delta))``: at the end of a run the offsets are rounded to
+half precision, so the compact artifact (:mod:`facecloak.stages.artifacts`) reloads to exactly the generator whose
+metrics are reported here. The mapping network is not tuned: rendering from W+ never runs it (the reference's
+optimizer holds its weights, but they never receive a gradient).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from torch.utils.data import DataLoader, IterableDataset
+
+from facecloak.errors import ConfigError
+from facecloak.inversion.projector import per_image_mse
+from facecloak.losses.perceptual import PERCEPTUAL_CHOICES, build_perceptual, resize_for_loss
+from facecloak.models.stylegan2 import Generator, load_generator_state
+
+
+@dataclass(frozen=True)
+class PivotTuningConfig:
+    """Pivot-tuning settings; defaults are CLIP2Protect's stage-1 recipe."""
+
+    lr: float = 5e-4
+    """Adam learning rate (CLIP2Protect ``--gt_lr``)."""
+    steps: int = 150
+    """Optimisation steps per image (CLIP2Protect ``--num_steps``); the Trainer's ``max_steps``."""
+    mse_weight: float = 0.1
+    """Weight of the pixel MSE next to the perceptual distance (CLIP2Protect ``pivot_tuning.py``)."""
+    loss_size: int = 256
+    """Resolution at which both images are compared (CLIP2Protect resizes to 256)."""
+    perceptual: str = "auto"
+    early_stop_perceptual: float | None = None
+    """Stop an image once its perceptual loss is at most this (PTI uses 0.06 with LPIPS); None: run every step."""
+    batch_size: int = 1
+    """Images tuned together in one run (each still gets its own generator)."""
+    noise_seed: int = 0
+    """Seed of the frozen noise maps, combined with each image id (used when no noise maps are given)."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"PivotTuningConfig.lr must be positive, got {self.lr}")
+        for name in ("steps", "loss_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"PivotTuningConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.mse_weight < 0:
+            raise ConfigError(f"PivotTuningConfig.mse_weight must be >= 0, got {self.mse_weight}")
+        if self.perceptual not in PERCEPTUAL_CHOICES:
+            raise ConfigError(f"PivotTuningConfig.perceptual must be in {PERCEPTUAL_CHOICES}, got {self.perceptual!r}")
+        if self.early_stop_perceptual is not None and self.early_stop_perceptual <= 0:
+            raise ConfigError(
+                f"PivotTuningConfig.early_stop_perceptual must be positive or null, got {self.early_stop_perceptual}"
+            )
+
+
+MAPPING_PREFIX = "style."
+"""State-dict prefix of the mapping network, which pivot tuning leaves alone."""
+
+
+@dataclass
+class TuningResult:
+    """Everything stage 2 needs for one photo, keyed by its id, plus the reconstruction metrics of the run."""
+
+    image_id: str
+    pivot: Tensor
+    """W+ code ``[n_latent, style_dim]``."""
+    noise: list[Tensor]
+    """Frozen noise maps ``[1, 1, r, r]``."""
+    deltas: dict[str, Tensor]
+    """fp16 offsets of the tuned synthesis weights; the tuned generator is ``base + delta.float()``."""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# --- the tuned generator ---------------------------------------------------------------------------------------------
+
+
+def tuned_parameter_names(generator: Generator) -> tuple[str, ...]:
+    """State-dict names of the weights pivot tuning changes: every synthesis parameter."""
+    return tuple(name for name, _ in generator.named_parameters() if not name.startswith(MAPPING_PREFIX))
+
+
+def apply_deltas(base: Generator, deltas: Mapping[str, Tensor]) -> Generator:
+    """The tuned generator, ``base + delta.float()``: the one definition stage 1 reports and stage 2 uses."""
+    state = base.state_dict()
+    unknown = set(deltas) - set(tuned_parameter_names(base))
+    if unknown:
+        raise ValueError(f"deltas name weights that pivot tuning does not tune: {sorted(unknown)[:5]}")
+    for name, delta in deltas.items():
+        state[name] = state[name] + delta.to(device=state[name].device, dtype=state[name].dtype)
+    return load_generator_state(state, base.config)
+
+
+def image_noise(generator: Generator, image_id: str, seed: int) -> list[Tensor]:
+    """Frozen noise maps ``[1, 1, r, r]`` for one image, a function of its id and the seed only (not of batching)."""
+    rng = torch.Generator().manual_seed((seed << 32) | zlib.crc32(image_id.encode()))
+    return [torch.randn(shape, generator=rng) for shape in generator.noise_shapes]
+
+
+def psnr(mse: Tensor, value_range: float = 2.0) -> Tensor:
+    """PSNR in dB from the MSE of images in a range of width ``value_range`` ([-1, 1] by default)."""
+    return 10.0 * torch.log10(value_range**2 / mse)
+
+
+# --- the LightningModule ---------------------------------------------------------------------------------------------
+
+
+class PivotTuning(L.LightningModule):
+    """One pivot-tuning run over a fixed batch of images, each with its own generator offsets.
+
+    The batch the Trainer feeds (the same every step) is ``{"target": [N, 3, S, S] at loss_size, "pivots":
+    [N, n_latent, style_dim], "noise": [[N, 1, r, r], ...]}``. The base generator is frozen (eval mode, no
+    gradient, not in the optimizer); a new module is built for every run, so no state crosses runs.
+    ``perceptual`` optionally passes a prebuilt distance from :func:`build_perceptual` (stateless when frozen).
+    """
+
+    stopped_at: Tensor
+    """Per image: the step at which it met the early-stop threshold, -1 while it is still being tuned."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        image_ids: Sequence[str],
+        config: PivotTuningConfig | None = None,
+        perceptual: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["generator", "perceptual"])
+        self.config = config or PivotTuningConfig()
+        self.image_ids = list(image_ids)
+        self.generator = generator.requires_grad_(False).eval()
+        # A frozen distance holds no per-image state, so runs may share one instead of reloading VGG every time.
+        self.perceptual = perceptual if perceptual is not None else build_perceptual(self.config.perceptual)
+        self.tuned_names = tuned_parameter_names(generator)
+        n = len(self.image_ids)
+        params = dict(generator.named_parameters())
+        self.deltas = nn.ParameterList(
+            [nn.Parameter(torch.zeros(n, *params[name].shape, dtype=params[name].dtype)) for name in self.tuned_names]
+        )
+        self.register_buffer("stopped_at", torch.full((n,), -1, dtype=torch.long))
+        self._snapshots: dict[int, list[Tensor]] = {}
+        self._batch: dict | None = None
+        self._step_started = 0.0
+        self.step_seconds: list[float] = []
+        self.metrics_before: dict[str, Tensor] = {}
+        self.metrics_after: dict[str, Tensor] = {}
+
+    def train(self, mode: bool = True) -> PivotTuning:
+        """Keep the frozen networks in eval mode whatever the Trainer asks."""
+        super().train(mode)
+        self.generator.eval()
+        self.perceptual.eval()
+        return self
+
+    def render(self, pivots: Tensor, noise: Sequence[Tensor]) -> Tensor:
+        """Render image i with weights ``base + delta[i]``: ``[N, 3, size, size]``."""
+        base = dict(self.generator.named_parameters())
+
+        def render_one(deltas: tuple[Tensor, ...], wplus: Tensor, maps: tuple[Tensor, ...]) -> Tensor:
+            weights = {name: base[name] + d for name, d in zip(self.tuned_names, deltas)}
+            image, _ = functional_call(
+                self.generator, weights, ([wplus[None]],), {"input_is_latent": True, "noise": [m[None] for m in maps]}
+            )
+            return image[0]
+
+        return vmap(render_one)(tuple(self.deltas), pivots, tuple(noise))
+
+    def losses(self, batch: dict) -> dict[str, Tensor]:
+        """Per-image loss terms ``[N]`` of the current offsets."""
+        rendered = resize_for_loss(self.render(batch["pivots"], batch["noise"]), self.config.loss_size)
+        perceptual = self.perceptual(rendered, batch["target"])
+        mse = per_image_mse(rendered, batch["target"])
+        return {"perceptual": perceptual, "mse": mse, "loss": perceptual + self.config.mse_weight * mse}
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> int | None:
+        """End the run once every image has met the early-stop threshold (-1 ends the single epoch)."""
+        if bool((self.stopped_at >= 0).all()):
+            return -1
+        self._step_started = time.perf_counter()
+        return None
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        """One Adam step on every image's offsets; the loss is the sum of the per-image losses."""
+        self._batch = batch
+        terms = self.losses(batch)
+        if self.global_step == 0:
+            self.metrics_before = {k: v.detach().cpu() for k, v in terms.items()}
+        self._check_early_stop(terms["perceptual"].detach())
+        for key, value in terms.items():
+            self.log(f"tune/{key}", value.mean(), prog_bar=key == "loss")
+        self.log("tune/active_images", (self.stopped_at < 0).sum().float())
+        return terms["loss"].sum()
+
+    def _check_early_stop(self, perceptual: Tensor) -> None:
+        """Snapshot an image's offsets the first time its loss is under the threshold (PTI checks before stepping)."""
+        threshold = self.config.early_stop_perceptual
+        if threshold is None:
+            return
+        for i in torch.nonzero((perceptual <= threshold) & (self.stopped_at < 0)).flatten().tolist():
+            self.stopped_at[i] = self.global_step
+            self._snapshots[i] = [p.detach()[i].clone() for p in self.deltas]
+
+    def on_train_batch_end(self, outputs: object, batch: dict, batch_idx: int) -> None:
+        """Put stopped images back to their snapshot (Adam's momentum would keep moving them) and time the step."""
+        with torch.no_grad():
+            for i, snapshot in self._snapshots.items():
+                for p, s in zip(self.deltas, snapshot):
+                    p[i] = s
+        self.step_seconds.append(time.perf_counter() - self._step_started)
+
+    def on_train_end(self) -> None:
+        """Define the tuned generators as ``base + fp16(delta)`` and measure them, still on the run's device."""
+        with torch.no_grad():
+            for p in self.deltas:
+                p.copy_(p.half().float())
+            if self._batch is not None:
+                self.metrics_after = {k: v.cpu() for k, v in self.losses(self._batch).items()}
+        self._batch = None
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """A fresh Adam over this run's offsets only."""
+        return torch.optim.Adam(self.deltas.parameters(), lr=self.config.lr)
+
+    def results(self, pivots: Tensor, noise: Sequence[Tensor]) -> list[TuningResult]:
+        """Per-image results after ``fit``: pivots, noise maps, fp16 offsets and reconstruction metrics."""
+        seconds = self.step_seconds[1:] or self.step_seconds  # the first step pays for warm-up
+        out = []
+        for i, image_id in enumerate(self.image_ids):
+            metrics = {f"{k}_before": float(v[i]) for k, v in self.metrics_before.items()}
+            metrics |= {f"{k}_after": float(v[i]) for k, v in self.metrics_after.items()}
+            metrics["psnr_before"] = float(psnr(self.metrics_before["mse"][i]))
+            metrics["psnr_after"] = float(psnr(self.metrics_after["mse"][i]))
+            stopped = int(self.stopped_at[i])
+            metrics["steps"] = float(stopped if stopped >= 0 else len(self.step_seconds))
+            metrics["seconds_per_step"] = sum(seconds) / max(1, len(seconds))
+            out.append(
+                TuningResult(
+                    image_id=image_id,
+                    pivot=pivots[i].detach().cpu(),
+                    noise=[n[i : i + 1].detach().cpu() for n in noise],
+                    deltas={name: p.detach()[i].half().cpu() for name, p in zip(self.tuned_names, self.deltas)},
+                    metrics=metrics,
+                )
+            )
+        return out
+
+
+# --- running it ------------------------------------------------------------------------------------------------------
+
+
+class _SameBatch(IterableDataset):
+    """The run's only batch, served ``times`` times: pivot tuning revisits the same images every step."""
+
+    def __init__(self, batch: dict, times: int) -> None:
+        self.batch = batch
+        self.times = times
+
+    def __iter__(self) -> Iterator[dict]:
+        for _ in range(self.times):
+            yield self.batch
+
+    def __len__(self) -> int:
+        return self.times
+
+
+TRAINER_DEFAULTS: dict[str, object] = {
+    "accelerator": "auto",
+    "devices": 1,
+    "max_epochs": 1,
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": True,
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+}
+"""Trainer settings of a tuning run; ``trainer_kwargs`` override them (the step count comes from the config)."""
+
+EXPECTED_WARNINGS = ("does not have many workers", "`IterableDataset` has `__len__`", "in eval mode at the start")
+"""Lightning warnings that do not apply to a tuning run (one in-memory batch; frozen networks in eval mode)."""
+
+
+def tune_images(
+    generator: Generator,
+    images: Tensor,
+    pivots: Tensor,
+    image_ids: Sequence[str],
+    config: PivotTuningConfig | None = None,
+    trainer_kwargs: Mapping[str, object] | None = None,
+    noise: Sequence[Tensor] | None = None,
+) -> list[TuningResult]:
+    """Pivot-tune the generator for every image, ``config.batch_size`` images per run, a fresh module per run.
+
+    ``images``: ``[N, 3, H, W]`` in [-1, 1]; ``pivots``: ``[N, n_latent, style_dim]``; ``noise``: per-image maps
+    ``[N, 1, r, r]`` (e.g. the projector's), else drawn from each image id. Results come back in input order.
+    """
+    config = config or PivotTuningConfig()
+    ids = [str(i) for i in image_ids]
+    if len(set(ids)) != len(ids) or len(ids) != images.shape[0] or pivots.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"need one unique id and one pivot per image: {images.shape[0]} images, {pivots.shape[0]} pivots, "
+            f"{len(ids)} ids ({len(set(ids))} unique)"
+        )
+    kwargs = {**TRAINER_DEFAULTS, **(trainer_kwargs or {})}
+    if "max_steps" in kwargs:
+        raise ConfigError("set the number of tuning steps with PivotTuningConfig.steps, not trainer max_steps")
+    kwargs["max_steps"] = config.steps
+    if noise is None:
+        per_image = [image_noise(generator, i, config.noise_seed) for i in ids]
+        noise = [torch.cat(maps) for maps in zip(*per_image)]
+
+    perceptual = build_perceptual(config.perceptual)
+    results: list[TuningResult] = []
+    for start in range(0, len(ids), config.batch_size):
+        part = slice(start, start + config.batch_size)
+        batch: dict[str, Any] = {
+            "target": resize_for_loss(images[part], config.loss_size),
+            "pivots": pivots[part].detach(),
+            "noise": [n[part] for n in noise],
+        }
+        module = PivotTuning(generator, ids[part], config, perceptual)
+        trainer = L.Trainer(**kwargs)  # type: ignore[arg-type]
+        with warnings.catch_warnings():
+            for expected in (
+                "does not have many workers",
+                "`IterableDataset` has `__len__`",
+                "in eval mode at the start",
+            ):
+                warnings.filterwarnings("ignore", message=f".*{re.escape(expected)}.*")
+            trainer.fit(module, DataLoader(_SameBatch(batch, config.steps), batch_size=None))
+        results.extend(module.results(batch["pivots"], batch["noise"]))
+    return results

@@ -20,9 +20,10 @@ Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Na
 
 
 def _commands() -> dict[str, tuple[str, Command]]:
-    from facecloak.cli import faces_cmd, fr_cmd, weights_cmd
+    from facecloak.cli import faces_cmd, fr_cmd, protect_cmd, weights_cmd
 
     return {
+        "protect": ("protect the faces in full photos from face recognition", protect_cmd.COMMAND),
         "weights": ("list, fetch, verify and locate pretrained models", weights_cmd.COMMAND),
         "align": ("detect every face in photos and write aligned crops", faces_cmd.ALIGN),
         "embed": ("embed the faces in photos with face-recognition models", faces_cmd.EMBED),

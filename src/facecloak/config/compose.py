@@ -18,6 +18,8 @@ from facecloak.config.schema import AppConfig
 from facecloak.errors import ConfigError
 
 CONFIG_DIR_ENV = "FACECLOAK_CONFIG_DIR"
+# Groups whose files hold values for the whole config (not only their own section), merged after the others.
+GLOBAL_GROUPS = ("preset",)
 
 
 def default_config_dir() -> Path:
@@ -70,8 +72,13 @@ def compose_dict(
     try:
         merged = OmegaConf.structured(AppConfig)
         for group, option in groups.items():
-            merged = OmegaConf.merge(merged, {group: _load_yaml(config_dir / group / f"{option}.yaml")})
-        merged = OmegaConf.merge(merged, primary, OmegaConf.from_dotlist(value_overrides))
+            if group not in GLOBAL_GROUPS:
+                merged = OmegaConf.merge(merged, {group: _load_yaml(config_dir / group / f"{option}.yaml")})
+        merged = OmegaConf.merge(merged, primary)
+        for group in GLOBAL_GROUPS:
+            if group in groups:
+                merged = OmegaConf.merge(merged, _load_yaml(config_dir / group / f"{groups[group]}.yaml"))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(value_overrides))
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from err
     assert isinstance(merged, DictConfig)
@@ -89,6 +96,16 @@ def compose(
         raise ConfigError(_explain(err)) from err
     assert isinstance(obj, AppConfig)
     return obj
+
+
+def resolve_data_path(path: str | None) -> Path | None:
+    """A path from a config: as given if it exists, else relative to the repository (so presets work anywhere)."""
+    if path is None:
+        return None
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute() or candidate.exists():
+        return candidate
+    return default_config_dir().parent / candidate
 
 
 def to_plain(config: AppConfig | DictConfig) -> dict[str, Any]:

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from facecloak.errors import ConfigError
+from facecloak.inversion.projector import ProjectorConfig
+from facecloak.runtime.trainer import LoggerConfig, TrainerConfig
+from facecloak.stages.latent_search import LatentSearchConfig
+from facecloak.stages.pivot_tuning import PivotTuningConfig
 
 KNOWN_DETECTORS = ("mtcnn", "scrfd")
 DEFAULT_FAR_LEVELS = (0.1, 0.01, 0.001)
@@ -88,6 +92,70 @@ class FRConfig:
         _require(all(0 < f < 1 for f in self.far_levels), "fr.far_levels", "false-accept rates must be in (0, 1)")
 
 
+INVERSIONS = ("auto", "e4e", "projector")
+PROTECT_MODES = ("dodge", "impersonate")
+PASTE_MODES = ("delta", "replace")
+OUTPUT_FORMATS = ("png", "jpeg")
+
+
+@dataclass
+class GeneratorSettings:
+    """Which StyleGAN2 protects faces and how a photo's face is put into its W+ space.
+
+    ``weights``: a registry name (the FFHQ checkpoint) or null for a generator without pretrained weights (same code
+    path; it has no face prior, so naturalness then comes from pivot tuning and paste-back alone).
+    """
+
+    weights: str | None = "stylegan2_ffhq_1024"
+    size: int = 1024
+    style_dim: int = 512
+    n_mlp: int = 8
+    channel_base: int = 32768
+    channel_max: int = 512
+    init_seed: int = 0
+    inversion: str = "auto"
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.inversion in INVERSIONS, "generator.inversion", f"must be one of {INVERSIONS}")
+        _require(self.size >= 8 and self.size & (self.size - 1) == 0, "generator.size", "must be a power of two")
+        _require(self.channel_max >= 1 and self.channel_base >= 1, "generator.channel_max", "must be positive")
+
+
+@dataclass
+class ProtectSettings:
+    """What `facecloak protect` does with each face and writes for each photo."""
+
+    method: str = "clip2protect"
+    mode: str = "dodge"
+    # Impersonation target: a photo of another person (the face is detected and aligned like the user's).
+    target: str | None = None
+    # False-accept rate whose threshold decides success (and the early stop of the search).
+    far: float = 0.01
+    # delta: add (protected render - pivot reconstruction) to the original photo, keeping every detail the
+    # generator cannot reproduce; replace: paste the protected render itself.
+    paste: str = "delta"
+    feather: float = 0.05
+    output_format: str = "png"
+    jpeg_quality: int = 95
+    max_faces: int = 8
+    # Checkpoints of finished stages, so an interrupted photo resumes from its last stage.
+    keep_stage_checkpoints: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.method in ("clip2protect",), "protect.method", "must be 'clip2protect' (MAP: use the map stage)")
+        _require(self.mode in PROTECT_MODES, "protect.mode", f"must be one of {PROTECT_MODES}")
+        _require(
+            self.mode == "dodge" or self.target is not None, "protect.target", "impersonation needs a target photo"
+        )
+        _require(0 < self.far < 1, "protect.far", "must be in (0, 1)")
+        _require(self.paste in PASTE_MODES, "protect.paste", f"must be one of {PASTE_MODES}")
+        _require(0 <= self.feather < 0.5, "protect.feather", "must be in [0, 0.5)")
+        _require(self.output_format in OUTPUT_FORMATS, "protect.output_format", f"must be one of {OUTPUT_FORMATS}")
+        _require(1 <= self.jpeg_quality <= 100, "protect.jpeg_quality", "must be in [1, 100]")
+        _require(self.max_faces >= 1, "protect.max_faces", "must be at least 1")
+
+
 @dataclass
 class AppConfig:
     """The whole configuration of a facecloak run."""
@@ -97,6 +165,12 @@ class AppConfig:
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
     fr: FRConfig = field(default_factory=FRConfig)
+    generator: GeneratorSettings = field(default_factory=GeneratorSettings)
+    pivot: PivotTuningConfig = field(default_factory=PivotTuningConfig)
+    search: LatentSearchConfig = field(default_factory=LatentSearchConfig)
+    protect: ProtectSettings = field(default_factory=ProtectSettings)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     def __post_init__(self) -> None:
         _require(

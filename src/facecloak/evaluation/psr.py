@@ -85,6 +85,8 @@ class ThresholdTable:
             ) from err
         entries: dict[str, dict[str, Threshold]] = {}
         for model, report in raw.items():
+            if model.startswith("_"):
+                continue  # metadata of the run (faces folder, failures), not a model
             if not isinstance(report, dict) or not isinstance(report.get("thresholds"), dict):
                 raise ConfigError(f"calibration file {path}: model '{model}' has no 'thresholds' mapping")
             auc = report.get("auc")

@@ -1,0 +1,63 @@
+"""``facecloak protect PHOTOS... --out DIR``: protected full photos, before/after images and records."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from facecloak.config.compose import compose
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the protect command."""
+    parser.add_argument("photos", nargs="+", type=Path, help="photos or folders of photos")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (also the job's resume state)")
+    parser.add_argument("--prompt", help="makeup text prompt for the CLIP loss, e.g. 'red lipstick'")
+    parser.add_argument("--target", type=Path, help="impersonate the person in this photo (default: dodging)")
+    parser.add_argument("--preset", help="configuration preset (configs/preset/NAME.yaml), e.g. offline or paper")
+    parser.add_argument("--restart", action="store_true", help="discard a previous job in --out")
+
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def expand_photos(paths: list[Path]) -> list[Path]:
+    """Folders become the photos inside them (sorted for a stable order; ids never depend on it)."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES))
+        else:
+            out.append(path)
+    return out
+
+
+def default_preset() -> str:
+    """The paper's preset when its weights are present, else the one that runs offline (said on the console)."""
+    from facecloak.registry.store import is_available
+
+    paper_models = ("stylegan2_ffhq_1024", "ir152", "irse50", "mobile_face", "facenet")
+    preset = "paper" if all(is_available(m) for m in paper_models) else "offline"
+    print(f"preset: {preset}" + ("" if preset == "paper" else " (the paper's weights are not all present)"))
+    return preset
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Build the configuration from preset, options and overrides; run the job; print the summary."""
+    from facecloak.protect.runner import run_protect_job
+
+    extra = [f"preset={args.preset or default_preset()}"]
+    if args.prompt:
+        extra.append(f"search.makeup_prompt={args.prompt}")
+    if args.target:
+        extra += ["protect.mode=impersonate", f"protect.target={args.target}"]
+    config = compose(extra + overrides)
+    summary = run_protect_job(expand_photos(args.photos), args.out, config, restart=args.restart)
+    print(json.dumps(summary["counts"]))
+    for image_id, error in summary["failed"].items():
+        print(f"failed: {summary['photos'][image_id]}: {error}")
+    return 0 if summary["counts"].get("done", 0) else 1
+
+
+COMMAND = (add_arguments, run)

@@ -1,0 +1,1 @@
+"""Full photos in, protected full photos out: the `facecloak protect` job."""

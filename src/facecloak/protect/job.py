@@ -1,0 +1,99 @@
+"""A resumable protection job over many photos: one manifest, atomic writes, config fingerprint.
+
+The manifest (``job.json`` in the output folder) records per photo its state, output files and their SHA-256, so
+rerunning the same command after a crash or a kill skips finished photos, and a changed configuration is refused
+instead of being mixed into old results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facecloak.errors import ConfigError
+
+MANIFEST_NAME = "job.json"
+DONE, FAILED, PENDING = "done", "failed", "pending"
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON through a temporary file in the same folder and an atomic rename (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def config_fingerprint(plain_config: dict[str, Any]) -> str:
+    """Hash of everything that changes results (the output-independent resolved config)."""
+    return hashlib.sha256(json.dumps(plain_config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    """Checksum recorded for each output, so a resumed job can tell a complete file from a stale one."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class JobManifest:
+    """State of every photo of a job, saved after each change."""
+
+    path: Path
+    fingerprint: str
+    photos: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, out_dir: Path, fingerprint: str, restart: bool = False) -> JobManifest:
+        """Load the job in ``out_dir`` or start one; a different config is refused unless ``restart``."""
+        path = out_dir / MANIFEST_NAME
+        if path.exists() and not restart:
+            data = json.loads(path.read_text())
+            if data.get("fingerprint") != fingerprint:
+                raise ConfigError(
+                    f"{out_dir} holds a job run with a different configuration ({data.get('fingerprint')} vs "
+                    f"{fingerprint}); use another --out folder, or --restart to discard the old results"
+                )
+            return cls(path, fingerprint, data.get("photos", {}))
+        manifest = cls(path, fingerprint)
+        manifest.save()
+        return manifest
+
+    def save(self) -> None:
+        """Persist the manifest atomically."""
+        write_json_atomic(self.path, {"fingerprint": self.fingerprint, "photos": self.photos})
+
+    def is_done(self, image_id: str) -> bool:
+        """A photo is done when recorded so and every output still exists with its checksum."""
+        entry = self.photos.get(image_id)
+        if not entry or entry.get("state") != DONE:
+            return False
+        outputs = entry.get("outputs", {})
+        return all(
+            Path(p).exists() and file_sha256(Path(p)) == outputs.get(f"{k}_sha256")
+            for k, p in outputs.items()
+            if not k.endswith("_sha256")
+        )
+
+    def record(self, image_id: str, state: str, **fields: Any) -> None:
+        """Set a photo's state (and outputs, errors, metrics) and save."""
+        self.photos[image_id] = {"state": state, **fields}
+        self.save()
+
+    def summary(self) -> dict[str, int]:
+        """Count of photos per state."""
+        counts: dict[str, int] = {}
+        for entry in self.photos.values():
+            counts[entry["state"]] = counts.get(entry["state"], 0) + 1
+        return counts

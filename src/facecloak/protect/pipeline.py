@@ -1,0 +1,355 @@
+"""`facecloak protect`: detect → align → invert → pivot-tune → adversarial latent search → paste back.
+
+Every face of every photo goes through CLIP2Protect's two stages with a fresh generator state and optimizer; the
+protected render is pasted back into the original full photo, which is then saved without metadata and judged
+again *from the saved file* by every attacked and held-out face-recognition model, so the numbers in the record
+describe exactly what the user shares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from facecloak.config.compose import resolve_data_path
+from facecloak.config.schema import AppConfig, GeneratorSettings
+from facecloak.errors import FacecloakError, NoFaceError
+from facecloak.evaluation.psr import build_threshold_table
+from facecloak.faces.align import AlignedFace, align_ffhq, transform_points
+from facecloak.faces.crops import crop_for_template, detect_with_config, detector_from_config
+from facecloak.faces.detect import Face, dlib_landmarks68
+from facecloak.faces.pasteback import paste_back
+from facecloak.io.images import Photo, load_photo, save_image, save_png
+from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
+from facecloak.models.fr.zoo import FaceEmbedder, load_fr_model
+from facecloak.models.stylegan2 import Generator, GeneratorConfig, load_stylegan2_checkpoint
+from facecloak.registry.store import is_available, resolve_one
+
+log = logging.getLogger(__name__)
+
+NO_FACE_PRIOR_NOTE = (
+    "generator without pretrained weights: it has no face prior, so naturalness comes only from pivot tuning "
+    "and paste-back; use the FFHQ checkpoint (facecloak weights fetch stylegan2_ffhq_1024) for the paper's method"
+)
+SIDE_BY_SIDE_HEIGHT = 512
+
+
+def image_id_for(path: Path) -> str:
+    """A stable, file-name-safe id for a photo: its stem plus a short hash of its resolved path."""
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:48]
+    return f"{stem}-{digest}"
+
+
+def build_generator(settings: GeneratorSettings) -> tuple[Generator, torch.Tensor | None]:
+    """The base StyleGAN2: the registry checkpoint, or a seeded random init of the configured shape."""
+    if settings.weights is not None:
+        generator, latent_avg = load_stylegan2_checkpoint(resolve_one(settings.weights))
+        return generator.eval().requires_grad_(False), latent_avg
+    config = GeneratorConfig(
+        settings.size, settings.style_dim, settings.n_mlp, settings.channel_base, settings.channel_max
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.init_seed)
+        generator = Generator(config)
+    return generator.eval().requires_grad_(False), None
+
+
+def to_tensor01(rgb: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 HWC → float [1, 3, H, W] in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255.0).to(device)
+
+
+def to_uint8(image01: torch.Tensor) -> np.ndarray:
+    """Float [3, H, W] in [0, 1] → uint8 HWC (the only quantisation, right before saving)."""
+    return (image01.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+@dataclass
+class AlignedWork:
+    """One face prepared for the generator: its FFHQ crop and landmarks in generator pixels."""
+
+    face: Face
+    aligned: AlignedFace
+    crop01: torch.Tensor
+    landmarks5: torch.Tensor
+
+
+class Protector:
+    """Everything a protection job loads once (detector, generator, encoder, FR models, thresholds)."""
+
+    def __init__(self, config: AppConfig, stage_dir: Path | None = None, logger: Any = None) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.stage_dir = stage_dir
+        self.logger = logger
+        self.detector = detector_from_config(config.faces, config.device)
+        self.generator, self.latent_avg = build_generator(config.generator)
+        self.generator.to(self.device)
+        self.notes = [] if config.generator.weights else [NO_FACE_PRIOR_NOTE]
+        self.encoder = self._encoder()
+        self.attacked = [load_fr_model(n, config.device) for n in config.fr.attacked]
+        self.held_out = [load_fr_model(n, config.device) for n in config.fr.held_out]
+        self.identity = AdversarialIdentityLoss(self.attacked, config.protect.mode)
+        table = build_threshold_table(
+            config.fr.attacked + config.fr.held_out, resolve_data_path(config.fr.calibration), prefer="calibrated"
+        )
+        self.thresholds = {m: table.get(m, config.protect.far) for m in config.fr.attacked + config.fr.held_out}
+        self.target = self._target_embeddings() if config.protect.mode == "impersonate" else None
+        from facecloak.stages.artifacts import base_fingerprint
+
+        self.fingerprint = base_fingerprint(self.generator)
+
+    # --- set-up ---
+
+    def _encoder(self) -> torch.nn.Module | None:
+        """e4e when asked for or available for the FFHQ generator; otherwise the optimisation projector."""
+        choice = self.config.generator.inversion
+        usable = self.config.generator.weights == "stylegan2_ffhq_1024" and is_available("e4e_ffhq_encode")
+        if choice == "projector" or (choice == "auto" and not usable):
+            return None
+        from facecloak.models.e4e import load_e4e_checkpoint
+
+        encoder, _ = load_e4e_checkpoint(resolve_one("e4e_ffhq_encode"))
+        return encoder.eval().requires_grad_(False).to(self.device)
+
+    def _target_embeddings(self) -> dict[str, torch.Tensor]:
+        assert self.config.protect.target is not None
+        photo = load_photo(self.config.protect.target, max_pixels=self.config.faces.max_pixels)
+        faces = detect_with_config(photo.rgb, self.detector, self.config.faces)
+        if not faces:
+            raise NoFaceError(f"no face found in the target photo {self.config.protect.target}")
+        work = self.align(photo, faces[0])
+        with torch.no_grad():
+            embedded = self.identity.embed(work.crop01, work.landmarks5)
+        self._target_rgb = {m.name: crop_for_template(photo.rgb, faces[0], m.template) for m in self.all_models}
+        return embedded
+
+    @property
+    def all_models(self) -> list[FaceEmbedder]:
+        """Attacked then held-out models."""
+        return self.attacked + self.held_out
+
+    # --- per face ---
+
+    def align(self, photo: Photo, face: Face) -> AlignedWork:
+        """FFHQ-align a face at the generator's resolution (68 dlib points), with its 5 landmarks in crop pixels."""
+        size = self.generator.config.size
+        aligned = align_ffhq(photo.rgb, dlib_landmarks68(photo.rgb, face), size=size)
+        landmarks = transform_points(aligned.matrix, face.landmarks5)
+        return AlignedWork(
+            face,
+            aligned,
+            to_tensor01(aligned.crop, self.device),
+            torch.as_tensor(landmarks, dtype=torch.float32, device=self.device)[None],
+        )
+
+    def invert_and_tune(self, work: AlignedWork, face_id: str) -> Any:
+        """Stage 1 for one face: pivot (e4e or projector) and pivot tuning; resumes from a stored artifact."""
+        from facecloak.inversion.projector import project
+        from facecloak.stages.artifacts import load_artifact, save_artifact
+        from facecloak.stages.pivot_tuning import tune_images
+
+        if self.stage_dir is not None:
+            try:
+                return load_artifact(self.stage_dir, face_id, self.generator, self.fingerprint)
+            except FacecloakError:
+                pass  # no complete artifact yet: run the stage
+        image = work.crop01 * 2 - 1
+        noise = None
+        if self.encoder is not None:
+            with torch.no_grad():
+                pivot = self.encoder.encode(F.interpolate(image, size=(256, 256), mode="area"))  # type: ignore[operator]
+        else:
+            projection = project(self.generator, image, self.config.generator.projector, latent_avg=self.latent_avg)
+            pivot, noise = projection.wplus.detach(), [n.detach() for n in projection.noise]
+        [result] = tune_images(
+            self.generator, image, pivot, [face_id], self.config.pivot, self._trainer_kwargs(), noise=noise
+        )
+        if self.stage_dir is not None and self.config.protect.keep_stage_checkpoints:
+            save_artifact(self.stage_dir, result, self.generator, self.fingerprint)
+            return load_artifact(self.stage_dir, face_id, self.generator, self.fingerprint)
+        from facecloak.stages.artifacts import StageTwoInputs
+        from facecloak.stages.pivot_tuning import apply_deltas
+
+        return StageTwoInputs(
+            face_id, result.pivot, result.noise, apply_deltas(self.generator, result.deltas), result.metrics
+        )
+
+    def search(self, work: AlignedWork, stage1: Any, face_id: str) -> tuple[Any, torch.Tensor]:
+        """Stage 2 for one face; returns the search result and the pivot reconstruction (both [0, 1])."""
+        from facecloak.stages.latent_search import search_latents
+
+        tuned = stage1.generator.to(self.device)
+        pivot = stage1.pivot[None].to(self.device)
+        noise = [n.to(self.device) for n in stage1.noise]
+        with torch.no_grad():
+            recon = ((tuned.synthesis(pivot, noise) + 1) / 2).clamp(0, 1)
+            source = self.identity.embed(work.crop01, work.landmarks5)
+        reference = IdentityReference(source=source, target=self.target)
+        thresholds = {m.name: self.thresholds[m.name].value for m in self.attacked}
+        search_config = replace(self.config.search, identity_mode=self.config.protect.mode)
+        [result] = search_latents(
+            tuned,
+            pivot,
+            noise,
+            work.landmarks5,
+            [face_id],
+            self.identity,
+            reference,
+            thresholds,
+            search_config,
+            self._trainer_kwargs(),
+        )
+        return result, recon[0]
+
+    def _trainer_kwargs(self) -> dict[str, Any]:
+        trainer = self.config.trainer
+        return {
+            "accelerator": trainer.accelerator,
+            "precision": trainer.precision,
+            "enable_progress_bar": trainer.progress_bar,
+            "logger": self.logger or False,
+        }
+
+    # --- per photo ---
+
+    def protect_photo(self, path: Path, image_id: str, out_dir: Path) -> dict[str, Any]:
+        """Protect every face of one photo and write the protected photo, a before/after image and a record."""
+        started = time.perf_counter()
+        photo = load_photo(path, max_pixels=self.config.faces.max_pixels)
+        faces = detect_with_config(photo.rgb, self.detector, self.config.faces)[: self.config.protect.max_faces]
+        if not faces:
+            raise NoFaceError(f"no face detected in {path}")
+        protected = photo.rgb
+        face_records = []
+        for index, face in enumerate(faces):
+            face_id = f"{image_id}_face{index}"
+            work = self.align(photo, face)
+            stage1 = self.invert_and_tune(work, face_id)
+            result, recon = self.search(work, stage1, face_id)
+            crop = to_uint8(result.image)
+            if self.config.protect.paste == "delta":
+                protected = paste_back(
+                    protected,
+                    crop,
+                    work.aligned.matrix,
+                    self.config.protect.feather,
+                    reference_crop=to_uint8(recon),
+                    mode="delta",
+                )
+            else:
+                protected = paste_back(
+                    protected,
+                    crop,
+                    work.aligned.matrix,
+                    self.config.protect.feather,
+                    reference_crop=work.aligned.crop,
+                    mode="replace",
+                )
+            face_records.append(
+                {
+                    "face": index,
+                    "box": list(face.box),
+                    "stage1": stage1.metrics,
+                    "search": {
+                        "success_on_render": result.success,
+                        "stopped_at": result.stopped_at,
+                        "similarities_before": result.similarities_before,
+                        "similarities_after": result.similarities_after,
+                    },
+                }
+            )
+        outputs = self._write_outputs(photo, protected, image_id, out_dir)
+        judged = load_photo(outputs["photo"], max_side=None)  # judge exactly what was written
+        self._judge(photo, judged.rgb, faces, face_records)
+        record = {
+            "image_id": image_id,
+            "source": str(path),
+            "notes": list(photo.notes) + self.notes,
+            "faces": face_records,
+            "outputs": {k: str(v) for k, v in outputs.items()},
+            "seconds": round(time.perf_counter() - started, 2),
+            "thresholds": {
+                m: {"far": self.config.protect.far, "value": t.value, "source": t.source}
+                for m, t in self.thresholds.items()
+            },
+        }
+        from facecloak.protect.job import write_json_atomic
+
+        write_json_atomic(out_dir / f"{image_id}.json", record)
+        return record
+
+    def _write_outputs(self, photo: Photo, protected: np.ndarray, image_id: str, out_dir: Path) -> dict[str, Path]:
+        settings = self.config.protect
+        suffix = ".png" if settings.output_format == "png" else ".jpg"
+        photo_path = save_image(out_dir / f"{image_id}{suffix}", protected, jpeg_quality=settings.jpeg_quality)
+        side = save_png(out_dir / f"{image_id}_before_after.png", side_by_side(photo.rgb, protected))
+        return {"photo": photo_path, "before_after": side}
+
+    def _judge(self, photo: Photo, protected: np.ndarray, faces: list[Face], records: list[dict]) -> None:
+        """Similarity before/after per model and face, measured on the saved photo, against the user (or target)."""
+        found = detect_with_config(protected, self.detector, self.config.faces)
+        for face, record in zip(faces, records):
+            match = _best_overlap(face, found)
+            verdicts: dict[str, Any] = {}
+            for model in self.all_models:
+                threshold = self.thresholds[model.name].value
+                original = _embed(model, crop_for_template(photo.rgb, face, model.template), self.device)
+                if match is None:
+                    verdicts[model.name] = {"face_found": False, "passes": True, "threshold": threshold}
+                    continue
+                after = _embed(model, crop_for_template(protected, match, model.template), self.device)
+                reference = original
+                if self.config.protect.mode == "impersonate":
+                    reference = _embed(model, self._target_rgb[model.name], self.device)
+                before_sim = float((original * reference).sum()) if reference is not original else 1.0
+                after_sim = float((after * reference).sum())
+                passes = after_sim <= threshold if self.config.protect.mode == "dodge" else after_sim > threshold
+                verdicts[model.name] = {
+                    "role": "attacked" if model in self.attacked else "held_out",
+                    "similarity_before": round(before_sim, 4),
+                    "similarity_after": round(after_sim, 4),
+                    "threshold": round(threshold, 4),
+                    "passes": bool(passes),
+                }
+            record["fr"] = verdicts
+
+
+def _embed(model: FaceEmbedder, crop: np.ndarray, device: torch.device) -> torch.Tensor:
+    with torch.no_grad():
+        return model(to_tensor01(crop, device))[0]
+
+
+def _best_overlap(face: Face, candidates: list[Face], min_iou: float = 0.3) -> Face | None:
+    def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = w * h
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        return inter / union if union > 0 else 0.0
+
+    scored = [(iou(face.box, c.box), c) for c in candidates]
+    best = max(scored, key=lambda s: s[0], default=(0.0, None))
+    return best[1] if best[0] >= min_iou else None
+
+
+def side_by_side(before: np.ndarray, after: np.ndarray, height: int = SIDE_BY_SIDE_HEIGHT) -> np.ndarray:
+    """Original and protected photo next to each other, scaled to a common height."""
+    import cv2
+
+    scale = min(1.0, height / before.shape[0])
+    size = (max(1, round(before.shape[1] * scale)), max(1, round(before.shape[0] * scale)))
+    left = cv2.resize(before, size, interpolation=cv2.INTER_AREA)
+    right = cv2.resize(after, size, interpolation=cv2.INTER_AREA)
+    gap = np.full((size[1], 8, 3), 255, np.uint8)
+    return np.concatenate([left, gap, right], axis=1)

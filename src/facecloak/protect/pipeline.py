@@ -185,19 +185,20 @@ class Protector:
             face_id, result.pivot, result.noise, apply_deltas(self.generator, result.deltas), result.metrics
         )
 
-    def search(self, work: AlignedWork, stage1: Any, face_id: str) -> tuple[Any, torch.Tensor]:
-        """Stage 2 for one face; returns the search result and the pivot reconstruction (both [0, 1])."""
+    def search(self, work: AlignedWork, stage1: Any, face_id: str) -> Any:
+        """Stage 2 for one face: the adversarial latent search on its tuned generator."""
         from facecloak.stages.latent_search import search_latents
 
         tuned = stage1.generator.to(self.device)
         pivot = stage1.pivot[None].to(self.device)
         noise = [n.to(self.device) for n in stage1.noise]
         with torch.no_grad():
-            recon = ((tuned.synthesis(pivot, noise) + 1) / 2).clamp(0, 1)
             source = self.identity.embed(work.crop01, work.landmarks5)
         reference = IdentityReference(source=source, target=self.target)
         thresholds = {m.name: self.thresholds[m.name].value for m in self.attacked}
         search_config = replace(self.config.search, identity_mode=self.config.protect.mode)
+        # Delta paste-back: the search judges the real crop plus the render's change, i.e. the shared pixels.
+        anchor = work.crop01 if self.config.protect.paste == "delta" else None
         [result] = search_latents(
             tuned,
             pivot,
@@ -209,8 +210,9 @@ class Protector:
             thresholds,
             search_config,
             self._trainer_kwargs(),
+            anchor=anchor,
         )
-        return result, recon[0]
+        return result
 
     def _trainer_kwargs(self) -> dict[str, Any]:
         trainer = self.config.trainer
@@ -236,26 +238,16 @@ class Protector:
             face_id = f"{image_id}_face{index}"
             work = self.align(photo, face)
             stage1 = self.invert_and_tune(work, face_id)
-            result, recon = self.search(work, stage1, face_id)
+            result = self.search(work, stage1, face_id)
             crop = to_uint8(result.image)
-            if self.config.protect.paste == "delta":
-                protected = paste_back(
-                    protected,
-                    crop,
-                    work.aligned.matrix,
-                    self.config.protect.feather,
-                    reference_crop=to_uint8(recon),
-                    mode="delta",
-                )
-            else:
-                protected = paste_back(
-                    protected,
-                    crop,
-                    work.aligned.matrix,
-                    self.config.protect.feather,
-                    reference_crop=work.aligned.crop,
-                    mode="replace",
-                )
+            protected = paste_back(
+                protected,
+                crop,
+                work.aligned.matrix,
+                self.config.protect.feather,
+                reference_crop=work.aligned.crop,
+                mode=self.config.protect.paste,
+            )
             face_records.append(
                 {
                     "face": index,

@@ -245,6 +245,7 @@ class AdversarialLatentSearch(L.LightningModule):
         thresholds: Mapping[str, float],
         config: LatentSearchConfig | None = None,
         clip_factory: ClipFactory | None = None,
+        anchor: Tensor | None = None,
     ) -> None:
         super().__init__()
         config = config or LatentSearchConfig()
@@ -268,6 +269,7 @@ class AdversarialLatentSearch(L.LightningModule):
                 "reference",
                 "config",
                 "clip_factory",
+                "anchor",
             ]
         )
         self.hparams.update(config=config.to_dict(), thresholds=dict(thresholds), layers=list(layers))
@@ -280,6 +282,12 @@ class AdversarialLatentSearch(L.LightningModule):
         self.register_buffer("layer_index", torch.tensor(self.layers, dtype=torch.long), persistent=False)
         self.register_buffer("landmarks5", landmarks5.detach().to(pivots.dtype).clone(), persistent=False)
         self.register_buffer("stopped_at", torch.full((batch,), -1, dtype=torch.long), persistent=False)
+        if anchor is not None and anchor.shape[0] != batch:
+            raise ConfigError(f"anchor images {tuple(anchor.shape)} do not match the batch of {batch} pivots")
+        self.register_buffer(
+            "anchor", None if anchor is None else anchor.detach().to(pivots.dtype).clone(), persistent=False
+        )
+        self._anchor_offset: Tensor | None = None
         self.latent = nn.Parameter(pivots[:, list(self.layers)].clone())
 
         maps = [n.detach().to(pivots.dtype).expand(batch, *n.shape[1:]).clone() for n in noise]
@@ -329,7 +337,18 @@ class AdversarialLatentSearch(L.LightningModule):
         return maps
 
     def render(self, wplus: Tensor, noise: Sequence[Tensor]) -> Tensor:
-        """Images ``[B, 3, size, size]`` in [0, 1], each from its own (or the shared) generator."""
+        """Images ``[B, 3, size, size]`` in [0, 1], each from its own (or the shared) generator.
+
+        With an ``anchor`` (the real aligned photo crop), the image is the anchor plus the change of the render
+        from the pivot render: exactly what a delta paste-back puts into the user's photo, so the attack, the
+        early stop and the success flag all judge the pixels the user will share.
+        """
+        images01 = self._render_generated(wplus, noise)
+        if self._anchor_offset is None:
+            return images01
+        return (images01 + self._anchor_offset).clamp(0.0, 1.0)
+
+    def _render_generated(self, wplus: Tensor, noise: Sequence[Tensor]) -> Tensor:
         generators = self.frozen.generators
         if len(generators) == 1:
             images = generators[0].synthesis(wplus, noise)
@@ -394,6 +413,8 @@ class AdversarialLatentSearch(L.LightningModule):
             else []
         )
         with torch.no_grad():
+            if self.anchor is not None:
+                self._anchor_offset = self.anchor - self._render_generated(self.pivot, self.initial_noise())
             pivot_images = self.render(self.pivot, self.initial_noise())
             self.similarities_before = self.clean_similarities(pivot_images)
             if self.frozen.clip is not None:
@@ -600,6 +621,7 @@ def search_latents(
     config: LatentSearchConfig | None = None,
     trainer_kwargs: Mapping[str, Any] | None = None,
     clip_factory: ClipFactory | None = None,
+    anchor: Tensor | None = None,
 ) -> list[SearchResult]:
     """Run stage 2 on one batch of images with a fresh module and optimizer; results in input order."""
     config = config or LatentSearchConfig()
@@ -608,7 +630,17 @@ def search_latents(
         raise ConfigError("set the number of steps with latent_search.steps, not trainer max_steps")
     kwargs["max_steps"] = config.steps
     module = AdversarialLatentSearch(
-        generator, pivots, noise, landmarks5, image_ids, identity_loss, reference, thresholds, config, clip_factory
+        generator,
+        pivots,
+        noise,
+        landmarks5,
+        image_ids,
+        identity_loss,
+        reference,
+        thresholds,
+        config,
+        clip_factory,
+        anchor,
     )
     fit_quietly(L.Trainer(**kwargs), module)
     return module.results()

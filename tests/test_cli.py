@@ -72,3 +72,50 @@ def test_embed_same_person_more_similar_than_others(faces_dir: Path, tmp_path: P
     assert main(["embed", *map(str, same + other), "--models", model, "--out", str(out)]) == 0
     sims = json.loads(out.read_text())["models"][model]["similarity"]
     assert sims[0][1] > sims[0][2] and sims[0][1] > sims[1][2]
+
+
+STAGE1_TINY = [
+    "generator.size=32",
+    "generator.channel_max=16",
+    "generator.projector.steps=3",
+    "generator.projector.n_mean_latent=100",
+    "pivot.steps=3",
+    "pivot.loss_size=32",
+    "trainer.progress_bar=false",
+]
+
+
+def test_invert_and_tune_every_face_of_a_full_photo(faces_dir: Path, tmp_path: Path) -> None:
+    from facecloak.config.compose import compose
+    from facecloak.protect.pipeline import build_generator
+    from facecloak.stages.artifacts import list_artifacts, load_artifact
+
+    photo = faces_dir / "_multi" / "couple.jpg"
+    assert main(["invert", str(photo), "--out", str(tmp_path / "inv"), *STAGE1_TINY]) == 0
+    assert len(list((tmp_path / "inv").glob("*_face*.safetensors"))) == 2
+    assert main(["tune", str(photo), "--out", str(tmp_path / "tune"), *STAGE1_TINY]) == 0
+    ids = list_artifacts(tmp_path / "tune")
+    assert len(ids) == 2 and all("_face" in i for i in ids)
+    base, _ = build_generator(compose(STAGE1_TINY).generator)
+    stage2 = load_artifact(tmp_path / "tune", ids[0], base)
+    assert stage2.pivot.shape == (base.n_latent, base.config.style_dim)
+
+
+def test_tune_aligned_crops(tmp_path: Path, faces_dir: Path) -> None:
+    assert (
+        main(
+            [
+                "align",
+                str(faces_dir / "_multi" / "couple.jpg"),
+                "--out",
+                str(tmp_path / "a"),
+                "--template",
+                "ffhq",
+                "faces.ffhq_size=64",
+            ]
+        )
+        == 0
+    )
+    crops = sorted((tmp_path / "a").glob("*.png"))
+    assert main(["tune", *map(str, crops), "--aligned", "--out", str(tmp_path / "t"), *STAGE1_TINY]) == 0
+    assert len(list((tmp_path / "t").glob("*_tuned.png"))) == 2

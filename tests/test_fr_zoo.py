@@ -61,16 +61,23 @@ def test_input_resized_to_the_model_size(weights_dir: Path) -> None:
 
 def test_insightface_onnx_pack_as_black_box(tmp_path: Path, monkeypatch) -> None:
     """An ArcFace-style ONNX in the pack layout runs through insightface and matches the torch network."""
-    from facecloak.models.fr.paper_models import build_paper_network
     from facecloak.models.fr import zoo
+    from facecloak.models.fr.paper_models import build_paper_network
 
     torch.manual_seed(0)
     network = build_paper_network("mobile_face").eval()
     onnx_path = tmp_path / "insightface" / "buffalo_l" / "w600k_r50.onnx"
     onnx_path.parent.mkdir(parents=True)
-    torch.onnx.export(network, (torch.rand(1, 3, 112, 112),), str(onnx_path), opset_version=11, dynamo=False,
-                      input_names=["input.1"], output_names=["embedding"],
-                      dynamic_axes={"input.1": {0: "batch"}, "embedding": {0: "batch"}})
+    torch.onnx.export(
+        network,
+        (torch.rand(1, 3, 112, 112),),
+        str(onnx_path),
+        opset_version=11,
+        dynamo=False,
+        input_names=["input.1"],
+        output_names=["embedding"],
+        dynamic_axes={"input.1": {0: "batch"}, "embedding": {0: "batch"}},
+    )
     monkeypatch.setenv("FACECLOAK_CHECKPOINTS", str(tmp_path))
     monkeypatch.setattr(zoo, "_LOADED", {})
     model = load_fr_model("insightface_buffalo_l")

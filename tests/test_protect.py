@@ -42,8 +42,7 @@ def job(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     (inputs / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     Image.fromarray(np.full((120, 160, 3), 90, np.uint8)).save(inputs / "wall.png")
     out = tmp_path_factory.mktemp("protected")
-    code = main(["protect", str(photo), str(inputs / "broken.jpg"), str(inputs / "wall.png"), "--out", str(out),
-                 *TINY])
+    code = main(["protect", str(photo), str(inputs / "broken.jpg"), str(inputs / "wall.png"), "--out", str(out), *TINY])
     return {"code": code, "out": out, "photo": photo, "inputs": inputs}
 
 
@@ -105,8 +104,10 @@ def test_jpeg_on_request(faces_dir: Path, tmp_path: Path) -> None:
     photo = tmp_path / "katy.jpg"
     shutil.copy(faces_dir / "katy_perry" / "img26.jpg", photo)
     out = tmp_path / "out"
-    assert main(["protect", str(photo), "--out", str(out), *TINY, "protect.output_format=jpeg",
-                 "protect.jpeg_quality=90"]) == 0
+    assert (
+        main(["protect", str(photo), "--out", str(out), *TINY, "protect.output_format=jpeg", "protect.jpeg_quality=90"])
+        == 0
+    )
     record = _record(out, "katy")
     assert record["outputs"]["photo"].endswith(".jpg")
     assert not Image.open(record["outputs"]["photo"]).getexif()

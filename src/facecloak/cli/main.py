@@ -20,10 +20,12 @@ Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Na
 
 
 def _commands() -> dict[str, tuple[str, Command]]:
-    from facecloak.cli import faces_cmd, fr_cmd, protect_cmd, weights_cmd
+    from facecloak.cli import faces_cmd, fr_cmd, protect_cmd, stage_cmd, weights_cmd
 
     return {
         "protect": ("protect the faces in full photos from face recognition", protect_cmd.COMMAND),
+        "invert": ("put faces into the generator's W+ space (e4e or optimisation)", stage_cmd.INVERT),
+        "tune": ("invert and pivot-tune the generator per face (CLIP2Protect stage 1)", stage_cmd.TUNE),
         "weights": ("list, fetch, verify and locate pretrained models", weights_cmd.COMMAND),
         "align": ("detect every face in photos and write aligned crops", faces_cmd.ALIGN),
         "embed": ("embed the faces in photos with face-recognition models", faces_cmd.EMBED),

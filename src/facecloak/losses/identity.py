@@ -56,9 +56,11 @@ class AdversarialIdentityLoss(nn.Module):
         weights = list(model_weights) if model_weights is not None else [1.0] * len(models)
         if len(weights) != len(models) or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ConfigError("identity model weights must be non-negative, one per attacked model, not all zero")
-        self.models = nn.ModuleList(models)
+        self.models: list[FaceEmbedder] = list(models)
+        self._modules_list = nn.ModuleList(models)
         self.mode = mode
         self.dodge_toward_target = dodge_toward_target
+        self.model_weights: torch.Tensor
         self.register_buffer("model_weights", torch.tensor(weights) / sum(weights), persistent=False)
 
     @property

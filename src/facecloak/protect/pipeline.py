@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from facecloak.faces.crops import crop_for_template, detect_with_config, detecto
 from facecloak.faces.detect import Face, dlib_landmarks68
 from facecloak.faces.pasteback import paste_back
 from facecloak.io.images import Photo, load_photo, save_image, save_png
-from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
+from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference, Mode
 from facecloak.models.fr.zoo import FaceEmbedder, load_fr_model
 from facecloak.models.stylegan2 import Generator, GeneratorConfig, load_stylegan2_checkpoint
 from facecloak.registry.store import is_available, resolve_one
@@ -84,10 +84,12 @@ class AlignedWork:
     landmarks5: torch.Tensor
 
 
-class Protector:
-    """Everything a protection job loads once (detector, generator, encoder, FR models, thresholds)."""
+class FaceInverter:
+    """Stage 1 for full photos: detector, base generator and encoder, loaded once per job."""
 
     def __init__(self, config: AppConfig, stage_dir: Path | None = None, logger: Any = None) -> None:
+        from facecloak.stages.artifacts import base_fingerprint
+
         self.config = config
         self.device = torch.device(config.device)
         self.stage_dir = stage_dir
@@ -97,19 +99,11 @@ class Protector:
         self.generator.to(self.device)
         self.notes = [] if config.generator.weights else [NO_FACE_PRIOR_NOTE]
         self.encoder = self._encoder()
-        self.attacked = [load_fr_model(n, config.device) for n in config.fr.attacked]
-        self.held_out = [load_fr_model(n, config.device) for n in config.fr.held_out]
-        self.identity = AdversarialIdentityLoss(self.attacked, config.protect.mode)
-        table = build_threshold_table(
-            config.fr.attacked + config.fr.held_out, resolve_data_path(config.fr.calibration), prefer="calibrated"
-        )
-        self.thresholds = {m: table.get(m, config.protect.far) for m in config.fr.attacked + config.fr.held_out}
-        self.target = self._target_embeddings() if config.protect.mode == "impersonate" else None
-        from facecloak.stages.artifacts import base_fingerprint
-
         self.fingerprint = base_fingerprint(self.generator)
 
-    # --- set-up ---
+    def faces_of(self, photo: Photo) -> list[Face]:
+        """Every face of a photo (up to ``protect.max_faces``), largest first."""
+        return detect_with_config(photo.rgb, self.detector, self.config.faces)[: self.config.protect.max_faces]
 
     def _encoder(self) -> torch.nn.Module | None:
         """e4e when asked for or available for the FFHQ generator; otherwise the optimisation projector."""
@@ -121,6 +115,81 @@ class Protector:
 
         encoder, _ = load_e4e_checkpoint(resolve_one("e4e_ffhq_encode"))
         return encoder.eval().requires_grad_(False).to(self.device)
+
+    def align(self, photo: Photo, face: Face) -> AlignedWork:
+        """FFHQ-align a face at the generator's resolution (68 dlib points), with its 5 landmarks in crop pixels."""
+        size = self.generator.config.size
+        aligned = align_ffhq(photo.rgb, dlib_landmarks68(photo.rgb, face), size=size)
+        landmarks = transform_points(aligned.matrix, face.landmarks5)
+        return AlignedWork(
+            face,
+            aligned,
+            to_tensor01(aligned.crop, self.device),
+            torch.as_tensor(landmarks, dtype=torch.float32, device=self.device)[None],
+        )
+
+    def invert(self, work: AlignedWork) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """The pivot W+ of one aligned face (e4e, else the projector) and, from the projector, its noise maps."""
+        from facecloak.inversion.projector import project
+
+        image = work.crop01 * 2 - 1
+        if self.encoder is not None:
+            with torch.no_grad():
+                resized = F.interpolate(image, size=(256, 256), mode="area")
+                return self.encoder.encode(resized), None  # type: ignore[operator]
+        projection = project(self.generator, image, self.config.generator.projector, latent_avg=self.latent_avg)
+        return projection.wplus.detach(), [n.detach() for n in projection.noise]
+
+    def invert_and_tune(self, work: AlignedWork, face_id: str) -> Any:
+        """Stage 1 for one face: pivot (e4e or projector) and pivot tuning; resumes from a stored artifact."""
+        from facecloak.stages.artifacts import StageTwoInputs, load_artifact, save_artifact
+        from facecloak.stages.pivot_tuning import apply_deltas, tune_images
+
+        if self.stage_dir is not None:
+            try:
+                return load_artifact(self.stage_dir, face_id, self.generator, self.fingerprint)
+            except FacecloakError:
+                pass  # no complete artifact yet: run the stage
+        pivot, noise = self.invert(work)
+        [result] = tune_images(
+            self.generator,
+            work.crop01 * 2 - 1,
+            pivot,
+            [face_id],
+            self.config.pivot,
+            self._trainer_kwargs(),
+            noise=noise,
+        )
+        if self.stage_dir is not None and self.config.protect.keep_stage_checkpoints:
+            save_artifact(self.stage_dir, result, self.generator, self.fingerprint)
+            return load_artifact(self.stage_dir, face_id, self.generator, self.fingerprint)
+        return StageTwoInputs(
+            face_id, result.pivot, result.noise, apply_deltas(self.generator, result.deltas), result.metrics
+        )
+
+    def _trainer_kwargs(self) -> dict[str, Any]:
+        trainer = self.config.trainer
+        return {
+            "accelerator": trainer.accelerator,
+            "precision": trainer.precision,
+            "enable_progress_bar": trainer.progress_bar,
+            "logger": self.logger or False,
+        }
+
+
+class Protector(FaceInverter):
+    """Everything a protection job loads once: stage 1's networks plus FR models, thresholds and the target."""
+
+    def __init__(self, config: AppConfig, stage_dir: Path | None = None, logger: Any = None) -> None:
+        super().__init__(config, stage_dir, logger)
+        self.attacked = [load_fr_model(n, config.device) for n in config.fr.attacked]
+        self.held_out = [load_fr_model(n, config.device) for n in config.fr.held_out]
+        self.identity = AdversarialIdentityLoss(self.attacked, cast(Mode, config.protect.mode))
+        table = build_threshold_table(
+            config.fr.attacked + config.fr.held_out, resolve_data_path(config.fr.calibration), prefer="calibrated"
+        )
+        self.thresholds = {m: table.get(m, config.protect.far) for m in config.fr.attacked + config.fr.held_out}
+        self.target = self._target_embeddings() if config.protect.mode == "impersonate" else None
 
     def _target_embeddings(self) -> dict[str, torch.Tensor]:
         assert self.config.protect.target is not None
@@ -140,50 +209,6 @@ class Protector:
         return self.attacked + self.held_out
 
     # --- per face ---
-
-    def align(self, photo: Photo, face: Face) -> AlignedWork:
-        """FFHQ-align a face at the generator's resolution (68 dlib points), with its 5 landmarks in crop pixels."""
-        size = self.generator.config.size
-        aligned = align_ffhq(photo.rgb, dlib_landmarks68(photo.rgb, face), size=size)
-        landmarks = transform_points(aligned.matrix, face.landmarks5)
-        return AlignedWork(
-            face,
-            aligned,
-            to_tensor01(aligned.crop, self.device),
-            torch.as_tensor(landmarks, dtype=torch.float32, device=self.device)[None],
-        )
-
-    def invert_and_tune(self, work: AlignedWork, face_id: str) -> Any:
-        """Stage 1 for one face: pivot (e4e or projector) and pivot tuning; resumes from a stored artifact."""
-        from facecloak.inversion.projector import project
-        from facecloak.stages.artifacts import load_artifact, save_artifact
-        from facecloak.stages.pivot_tuning import tune_images
-
-        if self.stage_dir is not None:
-            try:
-                return load_artifact(self.stage_dir, face_id, self.generator, self.fingerprint)
-            except FacecloakError:
-                pass  # no complete artifact yet: run the stage
-        image = work.crop01 * 2 - 1
-        noise = None
-        if self.encoder is not None:
-            with torch.no_grad():
-                pivot = self.encoder.encode(F.interpolate(image, size=(256, 256), mode="area"))  # type: ignore[operator]
-        else:
-            projection = project(self.generator, image, self.config.generator.projector, latent_avg=self.latent_avg)
-            pivot, noise = projection.wplus.detach(), [n.detach() for n in projection.noise]
-        [result] = tune_images(
-            self.generator, image, pivot, [face_id], self.config.pivot, self._trainer_kwargs(), noise=noise
-        )
-        if self.stage_dir is not None and self.config.protect.keep_stage_checkpoints:
-            save_artifact(self.stage_dir, result, self.generator, self.fingerprint)
-            return load_artifact(self.stage_dir, face_id, self.generator, self.fingerprint)
-        from facecloak.stages.artifacts import StageTwoInputs
-        from facecloak.stages.pivot_tuning import apply_deltas
-
-        return StageTwoInputs(
-            face_id, result.pivot, result.noise, apply_deltas(self.generator, result.deltas), result.metrics
-        )
 
     def search(self, work: AlignedWork, stage1: Any, face_id: str) -> Any:
         """Stage 2 for one face: the adversarial latent search on its tuned generator."""
@@ -214,22 +239,13 @@ class Protector:
         )
         return result
 
-    def _trainer_kwargs(self) -> dict[str, Any]:
-        trainer = self.config.trainer
-        return {
-            "accelerator": trainer.accelerator,
-            "precision": trainer.precision,
-            "enable_progress_bar": trainer.progress_bar,
-            "logger": self.logger or False,
-        }
-
     # --- per photo ---
 
     def protect_photo(self, path: Path, image_id: str, out_dir: Path) -> dict[str, Any]:
         """Protect every face of one photo and write the protected photo, a before/after image and a record."""
         started = time.perf_counter()
         photo = load_photo(path, max_pixels=self.config.faces.max_pixels)
-        faces = detect_with_config(photo.rgb, self.detector, self.config.faces)[: self.config.protect.max_faces]
+        faces = self.faces_of(photo)
         if not faces:
             raise NoFaceError(f"no face detected in {path}")
         protected = photo.rgb

@@ -99,6 +99,12 @@ class LatentSearchConfig:
     early_stop: bool = True
     """Freeze an image once every attacked model passes its threshold with ``early_stop_margin``."""
     early_stop_margin: float = 0.0
+    lambda_fidelity: float = 0.0
+    """Weight of the per-image pixel MSE between the render and the pivot render (0: the paper's loss). Useful when
+    the generator has no face prior (offline preset) and CLIP is off, so nothing else keeps the edit small."""
+    max_delta: float | None = None
+    """With an anchor (delta paste-back), soft L∞ bound on the change, ``max_delta · tanh(Δ / max_delta)`` in [0, 1]
+    units; None: unbounded (the paper)."""
     makeup_prompt: str = "red lipstick"
     source_text: str = DEFAULT_SOURCE_TEXT
     clip_distortion_scale: float | None = DEFAULT_DISTORTION_SCALE
@@ -110,6 +116,10 @@ class LatentSearchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.lambda_fidelity < 0:
+            raise ConfigError(f"latent_search.lambda_fidelity must be >= 0, got {self.lambda_fidelity}")
+        if self.max_delta is not None and not 0 < self.max_delta <= 1:
+            raise ConfigError(f"latent_search.max_delta must be in (0, 1] or null, got {self.max_delta}")
         if isinstance(self.fr_degradation, Mapping):
             object.__setattr__(self, "fr_degradation", DegradationConfig(**self.fr_degradation))
         if self.layers is not None:
@@ -233,6 +243,8 @@ class AdversarialLatentSearch(L.LightningModule):
     landmarks5: Tensor
     stopped_at: Tensor
 
+    anchor: Tensor | None
+
     def __init__(
         self,
         generator: Generator | Sequence[Generator],
@@ -288,6 +300,8 @@ class AdversarialLatentSearch(L.LightningModule):
             "anchor", None if anchor is None else anchor.detach().to(pivots.dtype).clone(), persistent=False
         )
         self._anchor_offset: Tensor | None = None
+        self._pivot_generated: Tensor | None = None
+        self._pivot_images: Tensor | None = None
         self.latent = nn.Parameter(pivots[:, list(self.layers)].clone())
 
         maps = [n.detach().to(pivots.dtype).expand(batch, *n.shape[1:]).clone() for n in noise]
@@ -344,9 +358,12 @@ class AdversarialLatentSearch(L.LightningModule):
         early stop and the success flag all judge the pixels the user will share.
         """
         images01 = self._render_generated(wplus, noise)
-        if self._anchor_offset is None:
+        if self._anchor_offset is None or self._pivot_generated is None:
             return images01
-        return (images01 + self._anchor_offset).clamp(0.0, 1.0)
+        change = images01 - self._pivot_generated
+        if self.config.max_delta is not None:
+            change = self.config.max_delta * torch.tanh(change / self.config.max_delta)
+        return (self._pivot_generated + self._anchor_offset + change).clamp(0.0, 1.0)
 
     def _render_generated(self, wplus: Tensor, noise: Sequence[Tensor]) -> Tensor:
         generators = self.frozen.generators
@@ -379,8 +396,11 @@ class AdversarialLatentSearch(L.LightningModule):
             assert self._clip_source is not None
             clip = self.frozen.clip(images01, self._clip_source, self._clip_rngs)
         latent = self.latent_loss()
-        loss = c.lambda_adv * adv + c.lambda_clip * clip + c.lambda_latent * latent
-        return {"adv": adv, "clip": clip, "latent": latent, "loss": loss}, sims
+        fidelity = torch.zeros_like(adv)
+        if c.lambda_fidelity > 0 and self._pivot_images is not None:
+            fidelity = (images01 - self._pivot_images).pow(2).mean(dim=(1, 2, 3))
+        loss = c.lambda_adv * adv + c.lambda_clip * clip + c.lambda_latent * latent + c.lambda_fidelity * fidelity
+        return {"adv": adv, "clip": clip, "latent": latent, "fidelity": fidelity, "loss": loss}, sims
 
     @torch.no_grad()
     def clean_similarities(self, images01: Tensor) -> dict[str, dict[str, Tensor]]:
@@ -414,8 +434,10 @@ class AdversarialLatentSearch(L.LightningModule):
         )
         with torch.no_grad():
             if self.anchor is not None:
-                self._anchor_offset = self.anchor - self._render_generated(self.pivot, self.initial_noise())
+                self._pivot_generated = self._render_generated(self.pivot, self.initial_noise())
+                self._anchor_offset = self.anchor - self._pivot_generated
             pivot_images = self.render(self.pivot, self.initial_noise())
+            self._pivot_images = pivot_images
             self.similarities_before = self.clean_similarities(pivot_images)
             if self.frozen.clip is not None:
                 self._clip_source = self.frozen.clip.source_features(pivot_images)

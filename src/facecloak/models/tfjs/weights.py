@@ -47,10 +47,9 @@ def _decode(buffer: bytes, offset: int, spec: dict[str, Any]) -> tuple[np.ndarra
     if end > len(buffer):
         raise CorruptWeightsError(f"weight {spec['name']} runs past the end of the shard data (truncated file?)")
     raw = np.frombuffer(buffer, dtype=_NUMPY_DTYPES[stored], count=count, offset=offset)
-    if quant and stored in ("uint8", "uint16"):
+    values = raw
+    if quant is not None and stored in ("uint8", "uint16"):
         values = quant["min"] + raw.astype(np.float32) * quant["scale"]
-    else:
-        values = raw
     target = _NUMPY_DTYPES[spec["dtype"]]
     return values.astype(target).reshape(shape), end
 

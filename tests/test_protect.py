@@ -21,6 +21,7 @@ TINY = [
     "pivot.steps=3",
     "pivot.loss_size=64",
     "search.steps=3",
+    "search.layers=[0,1,2,3,4,5,6,7,8,9]",
     "trainer.progress_bar=false",
 ]
 

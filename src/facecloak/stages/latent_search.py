@@ -43,7 +43,7 @@ import re
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import lightning as L
@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from facecloak.config.strict import from_plain_dict
 from facecloak.errors import ConfigError
 from facecloak.evaluation.robustness import DegradationConfig, RandomDegradation
 from facecloak.losses.clip_loss import (
@@ -156,11 +157,7 @@ class LatentSearchConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LatentSearchConfig:
         """Build from a plain dict (e.g. a YAML section); unknown keys are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown latent_search config keys {unknown}; known keys are {sorted(known)}")
-        return cls(**dict(values))
+        return from_plain_dict(cls, values, "latent_search")
 
 
 ClipFactory = Callable[[LatentSearchConfig], DirectionalCLIPLoss]

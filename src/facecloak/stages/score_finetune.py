@@ -25,7 +25,7 @@ submodules, in eval mode, so checkpoints hold only the score network (and the op
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
+from facecloak.config.strict import from_plain_dict
 from facecloak.diffusion import GradMode, NoiseSchedule, ddim_generate, ddim_invert
 from facecloak.errors import ConfigError
 from facecloak.faces.align import transform_points, warp_image
@@ -128,11 +129,7 @@ class ScoreFinetuneConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ScoreFinetuneConfig:
         """Build from a plain dict (e.g. a YAML section); unknown keys are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown map config keys {unknown}; known keys are {sorted(known)}")
-        return cls(**dict(values))
+        return from_plain_dict(cls, values, "map")
 
 
 # --- data ------------------------------------------------------------------------------------------------------------

@@ -40,9 +40,9 @@ def _group_options(config_dir: Path, group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
 
 
-def _split_overrides(overrides: list[str], groups: dict[str, str], config_dir: Path) -> list[str]:
-    """Apply ``group=option`` overrides to ``groups`` in place; return the remaining value overrides."""
-    values = []
+def _split_overrides(overrides: list[str], groups: dict[str, str], config_dir: Path) -> tuple[list[str], list[str]]:
+    """Apply ``group=option`` overrides to ``groups`` in place; return (groups chosen explicitly, value overrides)."""
+    values, chosen = [], []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value")
@@ -52,9 +52,10 @@ def _split_overrides(overrides: list[str], groups: dict[str, str], config_dir: P
             if value not in options:
                 raise ConfigError(f"config group '{key}' has no option '{value}'; choose one of {options}")
             groups[key] = value
+            chosen.append(key)
         else:
             values.append(item)
-    return values
+    return chosen, values
 
 
 def compose_dict(
@@ -68,16 +69,25 @@ def compose_dict(
     for item in defaults:
         ((group, option),) = dict(item).items()
         groups[str(group)] = str(option)
-    value_overrides = _split_overrides(list(overrides or []), groups, config_dir)
+    chosen, value_overrides = _split_overrides(list(overrides or []), groups, config_dir)
+
+    def group_file(group: str) -> DictConfig:
+        return _load_yaml(config_dir / group / f"{groups[group]}.yaml")
+
+    # Precedence, lowest first: schema defaults, group files, primary values, presets (global groups), groups the
+    # user chose on the command line (so `fr=paper_loo_irse50` wins over a preset's fr section), value overrides.
     try:
         merged = OmegaConf.structured(AppConfig)
-        for group, option in groups.items():
+        for group in groups:
             if group not in GLOBAL_GROUPS:
-                merged = OmegaConf.merge(merged, {group: _load_yaml(config_dir / group / f"{option}.yaml")})
+                merged = OmegaConf.merge(merged, {group: group_file(group)})
         merged = OmegaConf.merge(merged, primary)
         for group in GLOBAL_GROUPS:
             if group in groups:
-                merged = OmegaConf.merge(merged, _load_yaml(config_dir / group / f"{groups[group]}.yaml"))
+                merged = OmegaConf.merge(merged, group_file(group))
+        for group in chosen:
+            if group not in GLOBAL_GROUPS:
+                merged = OmegaConf.merge(merged, {group: group_file(group)})
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(value_overrides))
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from err

@@ -64,6 +64,23 @@ def build_generator(settings: GeneratorSettings) -> tuple[Generator, torch.Tenso
     return generator.eval().requires_grad_(False), None
 
 
+FOREHEAD_RAISE = 0.6
+"""The forehead is covered by lifting the brow points by this fraction of the brow-to-chin distance."""
+
+
+def face_region_mask(landmarks68: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Filled convex hull of the 68 landmarks with the brows lifted over the forehead (crop pixels, 0/1)."""
+    import cv2
+
+    brows = landmarks68[17:27]
+    chin = landmarks68[8]
+    lift = (chin - brows.mean(axis=0)) * FOREHEAD_RAISE
+    points = np.concatenate([landmarks68, brows - lift]).round().astype(np.int32)
+    mask = np.zeros(size, np.uint8)
+    cv2.fillConvexPoly(mask, cv2.convexHull(points), 1)
+    return mask
+
+
 def to_tensor01(rgb: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 HWC → float [1, 3, H, W] in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255.0).to(device)
@@ -82,6 +99,8 @@ class AlignedWork:
     aligned: AlignedFace
     crop01: torch.Tensor
     landmarks5: torch.Tensor
+    face_region: np.ndarray | None = None
+    """Face area in crop pixels (hull of the 68 landmarks plus forehead): the only part paste-back changes."""
 
 
 class FaceInverter:
@@ -119,13 +138,15 @@ class FaceInverter:
     def align(self, photo: Photo, face: Face) -> AlignedWork:
         """FFHQ-align a face at the generator's resolution (68 dlib points), with its 5 landmarks in crop pixels."""
         size = self.generator.config.size
-        aligned = align_ffhq(photo.rgb, dlib_landmarks68(photo.rgb, face), size=size)
+        landmarks68 = dlib_landmarks68(photo.rgb, face)
+        aligned = align_ffhq(photo.rgb, landmarks68, size=size)
         landmarks = transform_points(aligned.matrix, face.landmarks5)
         return AlignedWork(
             face,
             aligned,
             to_tensor01(aligned.crop, self.device),
             torch.as_tensor(landmarks, dtype=torch.float32, device=self.device)[None],
+            face_region_mask(transform_points(aligned.matrix, landmarks68), (size, size)),
         )
 
     def invert(self, work: AlignedWork) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
@@ -224,6 +245,12 @@ class Protector(FaceInverter):
         search_config = replace(self.config.search, identity_mode=self.config.protect.mode)
         # Delta paste-back: the search judges the real crop plus the render's change, i.e. the shared pixels.
         anchor = work.crop01 if self.config.protect.paste == "delta" else None
+        change_mask = None
+        if anchor is not None and work.face_region is not None:
+            from facecloak.faces.pasteback import feather_mask
+
+            weights = feather_mask(work.face_region.shape, self.config.protect.feather, work.face_region)
+            change_mask = torch.from_numpy(weights)[None, None].to(self.device)
         [result] = search_latents(
             tuned,
             pivot,
@@ -236,6 +263,7 @@ class Protector(FaceInverter):
             search_config,
             self._trainer_kwargs(),
             anchor=anchor,
+            change_mask=change_mask,
         )
         return result
 
@@ -262,6 +290,7 @@ class Protector(FaceInverter):
                 work.aligned.matrix,
                 self.config.protect.feather,
                 reference_crop=work.aligned.crop,
+                mask=work.face_region,
                 mode=self.config.protect.paste,
             )
             face_records.append(

@@ -241,6 +241,7 @@ class AdversarialLatentSearch(L.LightningModule):
     stopped_at: Tensor
 
     anchor: Tensor | None
+    change_mask: Tensor | None
 
     def __init__(
         self,
@@ -255,6 +256,7 @@ class AdversarialLatentSearch(L.LightningModule):
         config: LatentSearchConfig | None = None,
         clip_factory: ClipFactory | None = None,
         anchor: Tensor | None = None,
+        change_mask: Tensor | None = None,
     ) -> None:
         super().__init__()
         config = config or LatentSearchConfig()
@@ -279,6 +281,7 @@ class AdversarialLatentSearch(L.LightningModule):
                 "config",
                 "clip_factory",
                 "anchor",
+                "change_mask",
             ]
         )
         self.hparams.update(config=config.to_dict(), thresholds=dict(thresholds), layers=list(layers))
@@ -295,6 +298,13 @@ class AdversarialLatentSearch(L.LightningModule):
             raise ConfigError(f"anchor images {tuple(anchor.shape)} do not match the batch of {batch} pivots")
         self.register_buffer(
             "anchor", None if anchor is None else anchor.detach().to(pivots.dtype).clone(), persistent=False
+        )
+        if change_mask is not None and (anchor is None or change_mask.shape[0] != batch):
+            raise ConfigError("change_mask needs an anchor and one mask [B, 1, H, W] per image")
+        self.register_buffer(
+            "change_mask",
+            None if change_mask is None else change_mask.detach().to(pivots.dtype).clone(),
+            persistent=False,
         )
         self._anchor_offset: Tensor | None = None
         self._pivot_generated: Tensor | None = None
@@ -360,6 +370,8 @@ class AdversarialLatentSearch(L.LightningModule):
         change = images01 - self._pivot_generated
         if self.config.max_delta is not None:
             change = self.config.max_delta * torch.tanh(change / self.config.max_delta)
+        if self.change_mask is not None:
+            change = change * self.change_mask  # the same soft weights paste-back will use
         return (self._pivot_generated + self._anchor_offset + change).clamp(0.0, 1.0)
 
     def _render_generated(self, wplus: Tensor, noise: Sequence[Tensor]) -> Tensor:
@@ -641,6 +653,7 @@ def search_latents(
     trainer_kwargs: Mapping[str, Any] | None = None,
     clip_factory: ClipFactory | None = None,
     anchor: Tensor | None = None,
+    change_mask: Tensor | None = None,
 ) -> list[SearchResult]:
     """Run stage 2 on one batch of images with a fresh module and optimizer; results in input order."""
     config = config or LatentSearchConfig()
@@ -660,6 +673,7 @@ def search_latents(
         config,
         clip_factory,
         anchor,
+        change_mask,
     )
     fit_quietly(L.Trainer(**kwargs), module)
     return module.results()

@@ -113,6 +113,9 @@ class GeneratorSettings:
     channel_base: int = 32768
     channel_max: int = 512
     init_seed: int = 0
+    # Strength of the per-layer noise inputs of a generator built without weights (rosinality initialises them at 0,
+    # which leaves the noise maps without any effect, so the search could not use them).
+    init_noise_strength: float = 0.0
     inversion: str = "auto"
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
 

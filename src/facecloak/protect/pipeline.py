@@ -61,6 +61,10 @@ def build_generator(settings: GeneratorSettings) -> tuple[Generator, torch.Tenso
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.init_seed)
         generator = Generator(config)
+        with torch.no_grad():
+            for name, parameter in generator.named_parameters():
+                if name.endswith("noise.weight"):
+                    parameter.fill_(settings.init_noise_strength)
     return generator.eval().requires_grad_(False), None
 
 

@@ -41,7 +41,7 @@ from facecloak.config.schema import FacesConfig
 from facecloak.errors import ConfigError
 from facecloak.evaluation.quality import measure_quality
 from facecloak.evaluation.robustness import apply_transform
-from facecloak.faces.crops import crop_for_template, detect_with_config, detector_from_config
+from facecloak.faces.crops import box_iou, crop_for_template, detect_with_config, detector_from_config
 from facecloak.faces.detect import Face, FaceDetector
 from facecloak.io.images import load_photo
 from facecloak.losses.identity import AdversarialIdentityLoss
@@ -68,14 +68,6 @@ class Probe:
     face: Face
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 class DlibJudge:
     """Held-out native dlib: gallery embeddings of every labelled photo and the FAR threshold."""
 
@@ -99,7 +91,7 @@ class DlibJudge:
     def best_match(self, rgb: np.ndarray, probe: Probe) -> tuple[float, bool]:
         """Highest similarity to another photo of the same person, and whether the face had to be found by fallback."""
         candidates = detect_with_config(rgb, self.detector, self.faces_config)
-        scored = [(_iou(f.box, probe.face.box), f) for f in candidates]
+        scored = [(box_iou(f.box, probe.face.box), f) for f in candidates]
         overlap, face = max(scored, key=lambda s: s[0], default=(0.0, probe.face))
         missed = overlap < SAME_FACE_MIN_IOU
         descriptor = self.embed(rgb, probe.face if missed else face)

@@ -50,6 +50,15 @@ def detect_with_config(rgb: np.ndarray, detector: FaceDetector, config: FacesCon
     return detect_faces(rgb, detector, config.detect_max_side, config.refine_landmarks)
 
 
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes: finds the same face again after an edit."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def crop_for_template(rgb: np.ndarray, face: Face, template: str) -> np.ndarray:
     """The face aligned the way a model's training data was: a 5-point template, or dlib's face chip."""
     if template.startswith(DLIB_CHIP_PREFIX):

@@ -25,7 +25,7 @@ from facecloak.config.schema import AppConfig, GeneratorSettings
 from facecloak.errors import FacecloakError, NoFaceError
 from facecloak.evaluation.psr import build_threshold_table
 from facecloak.faces.align import AlignedFace, align_ffhq, transform_points
-from facecloak.faces.crops import crop_for_template, detect_with_config, detector_from_config
+from facecloak.faces.crops import box_iou, crop_for_template, detect_with_config, detector_from_config
 from facecloak.faces.detect import Face, dlib_landmarks68
 from facecloak.faces.pasteback import paste_back
 from facecloak.io.images import Photo, load_photo, save_image, save_png
@@ -372,14 +372,7 @@ def _embed(model: FaceEmbedder, crop: np.ndarray, device: torch.device) -> torch
 
 
 def _best_overlap(face: Face, candidates: list[Face], min_iou: float = 0.3) -> Face | None:
-    def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-        inter = w * h
-        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-        return inter / union if union > 0 else 0.0
-
-    scored = [(iou(face.box, c.box), c) for c in candidates]
+    scored = [(box_iou(face.box, c.box), c) for c in candidates]
     best = max(scored, key=lambda s: s[0], default=(0.0, None))
     return best[1] if best[0] >= min_iou else None
 

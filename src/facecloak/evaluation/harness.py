@@ -1,0 +1,432 @@
+"""The papers' evaluation protocol on a labelled photo folder: methods × FR models × FAR, robustness and quality.
+
+Why one harness: every protection method (the unprotected photo, the L∞ pixel baselines, ``facecloak protect``) must
+be judged by exactly the same code, on exactly what a user would upload (the saved uint8 photo), or the comparison
+the papers make between them means nothing.
+
+Protocol (dodging):
+
+1. **Probes**: the first photo (labels order) of each of the first ``n_photos`` people with at least two photos; the
+   **gallery** is every labelled photo, detected once and embedded by every judged model. Ids are the folder's
+   explicit image ids (:func:`facecloak.evaluation.protocol.load_labelled_folder`).
+2. Each method protects every probe; its photos are written as PNG to ``out/<method>/<image_id>.png`` (the
+   originals to ``out/original/``).
+3. Each protected photo is judged by every model in ``fr.attacked + fr.held_out``: the face is re-detected on the
+   saved pixels and matched to the original box by IoU (a miss is judged at the original box and counted). PSR per
+   model × FAR (:func:`facecloak.evaluation.psr.protection_success`) against the gallery (no other photo of the
+   same person matches) and against the photo's own original; again after each robustness transform.
+4. Quality (face box and whole photo, :func:`facecloak.evaluation.quality.measure_quality`) and seconds per photo.
+
+The result is plain data (``dict``) that :mod:`facecloak.evaluation.report` turns into files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from facecloak.attacks.pixel import PIXEL_ATTACKS, PixelAttackConfig, build_pixel_attack, protect_photo_pixels
+from facecloak.config.compose import resolve_data_path
+from facecloak.config.schema import AppConfig
+from facecloak.errors import ConfigError, FacecloakError
+from facecloak.evaluation.protocol import ProtocolItem, load_labelled_folder
+from facecloak.evaluation.psr import (
+    FaceEmbedding,
+    ModelEmbeddings,
+    Task,
+    ThresholdTable,
+    build_threshold_table,
+    far_key,
+    max_similarity_to_gallery,
+    protection_success,
+    similarities_to_original,
+)
+from facecloak.evaluation.quality import measure_quality
+from facecloak.evaluation.robustness import DEFAULT_TRANSFORMS, apply_transform
+from facecloak.faces.crops import box_iou, crop_for_template, detect_with_config, detector_from_config
+from facecloak.faces.detect import Face, FaceDetector
+from facecloak.io.images import load_photo, save_png
+from facecloak.losses.identity import AdversarialIdentityLoss
+from facecloak.models.fr.zoo import FaceEmbedder, load_fr_model
+
+log = logging.getLogger(__name__)
+
+CLEAN = "clean"
+PROTECT = "protect"
+METHODS = (CLEAN, *sorted(PIXEL_ATTACKS), PROTECT)
+ORIGINAL_DIR = "original"
+NO_TRANSFORM = "none"
+"""Robustness variant name of the protected photo as saved."""
+TASKS: tuple[Task, ...] = ("dodging_gallery", "dodging_original")
+QUALITY_METRICS = ("psnr", "ssim", "haarpsi")
+MIN_PHOTOS_PER_PERSON = 2
+"""A probe needs at least one other photo of the same person for gallery dodging to be defined."""
+SAME_FACE_MIN_IOU = 0.3
+"""A re-detected face is the protected one when its box overlaps the original's at least this much (else a miss);
+the same rule the protect pipeline's own judge uses."""
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What to evaluate: methods, how many people, the pixel baselines' budget, the robustness transforms."""
+
+    methods: tuple[str, ...] = METHODS
+    n_photos: int = 10
+    eps_255: float = 8.0
+    steps: int = 10
+    transforms: tuple[str, ...] = DEFAULT_TRANSFORMS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ConfigError(f"unknown evaluation methods {unknown}; choose from {', '.join(METHODS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods listed twice: {list(self.methods)}")
+        if self.n_photos < 1:
+            raise ConfigError(f"--n-photos must be at least 1, got {self.n_photos}")
+
+
+@dataclass
+class Probe:
+    """A photo to protect: its explicit id, person, source, pixels and detected face."""
+
+    item: ProtocolItem
+    rgb: np.ndarray
+    face: Face
+
+    @property
+    def image_id(self) -> str:
+        """The folder's explicit id of the photo."""
+        return self.item.image_id
+
+
+@dataclass
+class Protected:
+    """One method's output for one probe (``rgb`` None when the method failed on it)."""
+
+    rgb: np.ndarray | None
+    seconds: float
+    error: str | None = None
+
+
+@dataclass
+class Gallery:
+    """Clean embeddings of every usable labelled photo, per model, and the photos that could not be used."""
+
+    embeddings: dict[str, list[FaceEmbedding]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+class FaceJudge:
+    """Every judged FR model behind one detector: finds a face again after an edit and embeds it per model."""
+
+    def __init__(self, models: Sequence[FaceEmbedder], detector: FaceDetector, config: AppConfig) -> None:
+        self.models = list(models)
+        self.detector = detector
+        self.faces_config = config.faces
+        self.device = torch.device(config.device)
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        """Faces of a photo, largest first, as the run's configuration detects them."""
+        return detect_with_config(rgb, self.detector, self.faces_config)
+
+    def locate(self, rgb: np.ndarray, original: Face) -> tuple[Face, bool]:
+        """The face of ``rgb`` that overlaps ``original`` most; the original box itself (and True) on a miss."""
+        scored = [(box_iou(f.box, original.box), f) for f in self.detect(rgb)]
+        overlap, face = max(scored, key=lambda s: s[0], default=(0.0, original))
+        missed = overlap < SAME_FACE_MIN_IOU
+        return (original if missed else face), missed
+
+    @torch.no_grad()
+    def embed(self, rgb: np.ndarray, face: Face) -> dict[str, np.ndarray]:
+        """Unit embeddings of one face by every model, each from its own template's crop."""
+        out = {}
+        for model in self.models:
+            crop = torch.from_numpy(crop_for_template(rgb, face, model.template)).permute(2, 0, 1)[None]
+            out[model.name] = model(crop.float().div(255.0).to(self.device))[0].cpu().numpy()
+        return out
+
+
+# ---------------------------------------------------------------- probes and gallery
+
+
+def select_probe_items(items: Sequence[ProtocolItem], n_photos: int) -> list[ProtocolItem]:
+    """First photo of each of the first ``n_photos`` people (in labels order) who have at least two photos."""
+    counts: dict[str | None, int] = {}
+    for item in items:
+        counts[item.identity] = counts.get(item.identity, 0) + 1
+    chosen: dict[str | None, ProtocolItem] = {}
+    for item in items:
+        if counts[item.identity] >= MIN_PHOTOS_PER_PERSON and item.identity not in chosen:
+            chosen[item.identity] = item
+    probes = list(chosen.values())[:n_photos]
+    if len(probes) < n_photos:
+        raise ConfigError(
+            f"only {len(probes)} people have >= {MIN_PHOTOS_PER_PERSON} photos; lower --n-photos or add photos"
+        )
+    return probes
+
+
+def load_probes_and_gallery(
+    items: Sequence[ProtocolItem], n_photos: int, judge: FaceJudge, config: AppConfig
+) -> tuple[list[Probe], Gallery]:
+    """Detect and embed every labelled photo once; keep the probes' pixels and faces for the methods."""
+    wanted = {item.image_id for item in select_probe_items(items, n_photos)}
+    gallery = Gallery({model.name: [] for model in judge.models})
+    probes: list[Probe] = []
+    for item in items:
+        try:
+            rgb = load_photo(item.path, max_pixels=config.faces.max_pixels).rgb
+            faces = judge.detect(rgb)
+        except FacecloakError as err:
+            gallery.failures[item.image_id] = str(err)
+            continue
+        if not faces:
+            gallery.failures[item.image_id] = "no face detected"
+            continue
+        for name, vector in judge.embed(rgb, faces[0]).items():
+            gallery.embeddings[name].append(FaceEmbedding(item.image_id, vector, item.identity))
+        if item.image_id in wanted:
+            probes.append(Probe(item, rgb, faces[0]))
+    lost = sorted(wanted - {p.image_id for p in probes})
+    if lost:
+        raise ConfigError(f"no usable face in probe photos {lost}: {[gallery.failures[i] for i in lost]}")
+    return probes, gallery
+
+
+# ---------------------------------------------------------------- the methods
+
+
+MethodFn = Callable[[Sequence[Probe], AppConfig, EvaluationSettings, Path], dict[str, Protected]]
+
+
+def _clean(probes: Sequence[Probe], config: AppConfig, settings: EvaluationSettings, out: Path) -> dict[str, Protected]:
+    return {p.image_id: Protected(p.rgb.copy(), 0.0) for p in probes}
+
+
+def _pixel_method(name: str) -> MethodFn:
+    def run(probes: Sequence[Probe], config: AppConfig, settings: EvaluationSettings, out: Path) -> dict:
+        models = [load_fr_model(m, config.device) for m in config.fr.attacked]
+        attack_config = PixelAttackConfig(eps_255=settings.eps_255, steps=settings.steps, seed=settings.seed)
+        attack = build_pixel_attack(name, attack_config, AdversarialIdentityLoss(models, "dodge"))
+        results = {}
+        for probe in probes:
+            started = time.perf_counter()
+            rgb = protect_photo_pixels(probe.rgb, [probe.face], attack)
+            results[probe.image_id] = Protected(rgb, time.perf_counter() - started)
+        return results
+
+    return run
+
+
+def _protect(probes: Sequence[Probe], config: AppConfig, settings: EvaluationSettings, out: Path) -> dict:
+    # Imported here: the protect pipeline brings the generator and its trainer, which the other methods never need.
+    from facecloak.protect.pipeline import image_id_for
+    from facecloak.protect.runner import run_protect_job
+
+    if config.protect.mode != "dodge":
+        raise ConfigError("facecloak evaluate judges dodging; drop the protect.mode / --target override")
+    paths = {p.image_id: p.item.path for p in probes}
+    summary = run_protect_job(list(paths.values()), out, config)
+    results = {}
+    for image_id, path in paths.items():
+        job_id = image_id_for(path)
+        record_path = out / f"{job_id}.json"
+        if job_id in summary["failed"] or not record_path.is_file():
+            results[image_id] = Protected(None, 0.0, summary["failed"].get(job_id, "no record written"))
+            continue
+        record = json.loads(record_path.read_text())
+        rgb = load_photo(record["outputs"]["photo"], max_side=None).rgb  # judge exactly what the job wrote
+        results[image_id] = Protected(rgb, float(record["seconds"]))
+    return results
+
+
+def method_runner(name: str) -> MethodFn:
+    """How a method turns probes into protected photos (pixel baselines by their registered name)."""
+    if name == CLEAN:
+        return _clean
+    if name == PROTECT:
+        return _protect
+    return _pixel_method(name)
+
+
+# ---------------------------------------------------------------- judging
+
+
+def _rates(
+    variant: dict[str, ModelEmbeddings], thresholds: ThresholdTable, far_levels: Sequence[float]
+) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """``{task: {model: {far: rate record}}}``; a missing threshold is reported, not fatal."""
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {task: {} for task in TASKS}
+    for model, data in variant.items():
+        for far in far_levels:
+            try:
+                rows = protection_success({model: data}, thresholds, TASKS, far_levels=[far])
+            except ConfigError as err:
+                for task in TASKS:
+                    out[task].setdefault(model, {})[far_key(far)] = {"available": False, "reason": str(err)}
+                continue
+            for row in rows:
+                out[row.task].setdefault(model, {})[far_key(far)] = {"available": True, **row.to_dict()}
+    return out
+
+
+def _quality(original: np.ndarray, protected: np.ndarray, face: Face) -> dict[str, dict[str, Any]]:
+    def tensor(rgb: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+
+    box = tuple(round(v) for v in face.box)
+    report = measure_quality(tensor(original), tensor(protected), box=box, metrics=QUALITY_METRICS)  # type: ignore[arg-type]
+    return {
+        region: {m: r["value"] if r["available"] else {"unavailable": r["reason"]} for m, r in metrics.items()}
+        for region, metrics in report.items()
+    }
+
+
+def _mean_quality(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for region in ("face", "photo"):
+        out[region] = {}
+        for metric in QUALITY_METRICS:
+            values = [row["quality"][region][metric] for row in rows]
+            numbers = [v for v in values if isinstance(v, float)]
+            if len(numbers) == len(values) and numbers:
+                out[region][metric] = float(statistics.fmean(numbers))  # identical photos: PSNR +inf, kept so
+            else:
+                reasons = {v["unavailable"] for v in values if isinstance(v, dict)}
+                out[region][metric] = {"unavailable": "; ".join(sorted(reasons)) or "no photos"}
+    return out
+
+
+def judge_method(
+    probes: Sequence[Probe],
+    protected: dict[str, Protected],
+    gallery: Gallery,
+    judge: FaceJudge,
+    thresholds: ThresholdTable,
+    settings: EvaluationSettings,
+    far_levels: Sequence[float],
+) -> dict[str, Any]:
+    """PSR per robustness variant × task × model × FAR, per-photo similarities, quality and cost of one method."""
+    judged = [p for p in probes if protected[p.image_id].rgb is not None]
+    originals = {p.image_id: judge.embed(p.rgb, p.face) for p in judged}
+    photos: dict[str, dict[str, Any]] = {}
+    psr: dict[str, Any] = {}
+    for variant in (NO_TRANSFORM, *settings.transforms):
+        embeddings: dict[str, list[FaceEmbedding]] = {m.name: [] for m in judge.models}
+        for probe in judged:
+            rgb = protected[probe.image_id].rgb
+            assert rgb is not None
+            rgb = rgb if variant == NO_TRANSFORM else apply_transform(variant, rgb)
+            face, missed = judge.locate(rgb, probe.face)
+            for name, vector in judge.embed(rgb, face).items():
+                embeddings[name].append(FaceEmbedding(probe.image_id, vector, probe.item.identity))
+            row = photos.setdefault(probe.image_id, {"redetect_miss": {}, "similarity": {}})
+            row["redetect_miss"][variant] = missed
+        data = {
+            name: ModelEmbeddings(
+                protected=faces,
+                originals=[FaceEmbedding(i, o[name], None) for i, o in originals.items()],
+                gallery=gallery.embeddings[name],
+            )
+            for name, faces in embeddings.items()
+        }
+        if judged:
+            psr[variant] = _rates(data, thresholds, far_levels)
+            for name, model_data in data.items():
+                sims = {
+                    "dodging_gallery": max_similarity_to_gallery(model_data.protected, model_data.gallery),
+                    "dodging_original": similarities_to_original(model_data.protected, model_data.originals),
+                }
+                for index, probe in enumerate(judged):
+                    per_task = photos[probe.image_id]["similarity"].setdefault(variant, {})
+                    for task, values in sims.items():
+                        value = float(values[index])
+                        per_task.setdefault(task, {})[name] = None if math.isnan(value) else value
+    rows = []
+    for probe in probes:
+        result = protected[probe.image_id]
+        row: dict[str, Any] = {
+            "image_id": probe.image_id,
+            "identity": probe.item.identity,
+            "source": str(probe.item.path),
+            "box": [float(v) for v in probe.face.box],
+            "seconds": result.seconds,
+        }
+        if result.rgb is None:
+            row["error"] = result.error
+        else:
+            row.update(photos[probe.image_id])
+            row["quality"] = _quality(probe.rgb, result.rgb, probe.face)
+        rows.append(row)
+    ok = [row for row in rows if "error" not in row]
+    return {
+        "n": len(ok),
+        "failures": {row["image_id"]: row["error"] for row in rows if "error" in row},
+        "seconds_per_photo": float(statistics.fmean(r["seconds"] for r in ok)) if ok else float("nan"),
+        "psr": psr,
+        "quality": _mean_quality(ok),
+        "photos": rows,
+    }
+
+
+# ---------------------------------------------------------------- the whole run
+
+
+def photo_path(out_dir: Path, folder: str, image_id: str) -> Path:
+    """Where a method's (or the original) photo of ``image_id`` is written: ``out/<folder>/<image_id>.png``."""
+    return out_dir / folder / f"{image_id}.png"
+
+
+def judged_models(config: AppConfig) -> list[str]:
+    """Every model the evaluation reports on: attacked first, then held out."""
+    return [*config.fr.attacked, *config.fr.held_out]
+
+
+def evaluate(faces_dir: Path, out_dir: Path, config: AppConfig, settings: EvaluationSettings) -> dict[str, Any]:
+    """Run the protocol for every method; write the photos under ``out_dir``; return the report's data."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset = load_labelled_folder(faces_dir)
+    models = judged_models(config)
+    thresholds = build_threshold_table(models, resolve_data_path(config.fr.calibration))
+    far_levels = list(config.fr.far_levels)
+    judge = FaceJudge(
+        [load_fr_model(m, config.device) for m in models], detector_from_config(config.faces, config.device), config
+    )
+    probes, gallery = load_probes_and_gallery(list(dataset), settings.n_photos, judge, config)
+    log.info("%d probes, %d gallery photos", len(probes), len(gallery.embeddings[models[0]]))
+    for probe in probes:
+        save_png(_mkparent(photo_path(out_dir, ORIGINAL_DIR, probe.image_id)), probe.rgb)
+    methods: dict[str, Any] = {}
+    for method in settings.methods:
+        log.info("evaluate: %s", method)
+        protected = method_runner(method)(probes, config, settings, out_dir / method)
+        for image_id, result in protected.items():
+            if result.rgb is not None:
+                save_png(_mkparent(photo_path(out_dir, method, image_id)), result.rgb)
+        methods[method] = judge_method(probes, protected, gallery, judge, thresholds, settings, far_levels)
+    return {
+        "settings": {**asdict(settings), "faces_dir": str(faces_dir), "device": config.device},
+        "models": {"attacked": list(config.fr.attacked), "held_out": list(config.fr.held_out)},
+        "far_levels": [far_key(f) for f in far_levels],
+        "thresholds": {m: t for m, t in thresholds.describe().items() if m in models},
+        "probes": [p.image_id for p in probes],
+        "gallery": {"n": len(gallery.embeddings[models[0]]), "failures": gallery.failures},
+        "methods": methods,
+    }
+
+
+def _mkparent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

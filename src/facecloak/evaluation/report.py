@@ -1,0 +1,231 @@
+"""Files of an evaluation run: ``report.json``, ``report.md`` (the papers' table layout), two figures.
+
+Why a separate module: the harness produces plain data once; how it is shown (markdown tables shaped like the
+AMT-GAN / CLIP2Protect tables, a PSR-vs-threshold curve, a before/after grid) can change without re-running it.
+Everything here reads only the report dict and the PNGs the harness wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from facecloak.attacks.pixel import scaled_box
+from facecloak.evaluation.harness import NO_TRANSFORM, ORIGINAL_DIR, photo_path
+from facecloak.io.images import load_photo, save_png
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PSR_PLOT = "psr_vs_threshold.png"
+GRID = "grid.png"
+ROBUSTNESS_FAR = "0.01"
+"""FAR of the robustness table: the middle level of the papers' three (0.1 / 0.01 / 0.001)."""
+MAIN_TASK = "dodging_gallery"
+GRID_CELL = 128
+"""Side in pixels of one face crop in the grid."""
+GRID_FACE_SCALE = 1.3
+"""The grid shows the face box enlarged this much, so hair line and chin (where changes often show) are in view."""
+PLOT_POINTS = 200
+PLOT_MARGIN = 0.05
+"""Similarity margin around the plotted range of thresholds."""
+MISSING = "–"
+
+
+def held_out_model(report: dict[str, Any]) -> str:
+    """The model the robustness table and the plot are about: the first held-out one (else the last judged)."""
+    models = report["models"]
+    return models["held_out"][0] if models["held_out"] else models["attacked"][-1]
+
+
+def _percent(cell: dict[str, Any] | None) -> str:
+    if not cell or not cell.get("available") or cell.get("total", 0) == 0:
+        return MISSING
+    return f"{100 * cell['rate']:.1f}"
+
+
+def _number(value: Any, digits: int) -> str:
+    if isinstance(value, float):
+        return "∞" if math.isinf(value) else f"{value:.{digits}f}"
+    return "n/a"
+
+
+def psr_table(report: dict[str, Any], task: str = MAIN_TASK, variant: str = NO_TRANSFORM) -> str:
+    """Rows = methods, columns = model × FAR (held-out models marked), PSR in percent."""
+    held = set(report["models"]["held_out"])
+    models = [*report["models"]["attacked"], *report["models"]["held_out"]]
+    fars = report["far_levels"]
+    header = ["method"] + [f"{m}{' (held out)' if m in held else ''} @FAR {f}" for m in models for f in fars]
+    lines = [_row(header), _row(["---"] * len(header))]
+    for method, result in report["methods"].items():
+        rates = result["psr"].get(variant, {}).get(task, {})
+        lines.append(_row([method] + [_percent(rates.get(m, {}).get(f)) for m in models for f in fars]))
+    return "\n".join(lines)
+
+
+def robustness_table(report: dict[str, Any], far: str = ROBUSTNESS_FAR) -> str:
+    """Rows = methods, columns = robustness transforms: gallery-dodging PSR of the held-out model at one FAR."""
+    model = held_out_model(report)
+    variants = [NO_TRANSFORM, *report["settings"]["transforms"]]
+    lines = [_row(["method", *variants]), _row(["---"] * (len(variants) + 1))]
+    for method, result in report["methods"].items():
+        cells = [_percent(result["psr"].get(v, {}).get(MAIN_TASK, {}).get(model, {}).get(far)) for v in variants]
+        lines.append(_row([method, *cells]))
+    return "\n".join(lines)
+
+
+def quality_table(report: dict[str, Any]) -> str:
+    """Mean face-box and whole-photo PSNR / SSIM / HaarPSI per method ("n/a" where a metric could not run)."""
+    columns = [(region, metric) for region in ("face", "photo") for metric in ("psnr", "ssim", "haarpsi")]
+    digits = {"psnr": 2, "ssim": 4, "haarpsi": 4}
+    lines = [_row(["method"] + [f"{r} {m.upper() if m != 'haarpsi' else 'HaarPSI'}" for r, m in columns])]
+    lines.append(_row(["---"] * (len(columns) + 1)))
+    for method, result in report["methods"].items():
+        quality = result["quality"]
+        lines.append(_row([method] + [_number(quality[r][m], digits[m]) for r, m in columns]))
+    return "\n".join(lines)
+
+
+def cost_table(report: dict[str, Any]) -> str:
+    """Seconds per protected photo, photos judged and failures per method."""
+    lines = [_row(["method", "s / photo", "photos", "failed"]), _row(["---"] * 4)]
+    for method, result in report["methods"].items():
+        seconds = result["seconds_per_photo"]
+        lines.append(_row([method, _number(seconds, 2), str(result["n"]), str(len(result["failures"]))]))
+    return "\n".join(lines)
+
+
+def thresholds_table(report: dict[str, Any]) -> str:
+    """Every threshold used, with its source (published or calibrated)."""
+    lines = [_row(["model", "FAR", "threshold", "source"]), _row(["---"] * 4)]
+    for model, levels in report["thresholds"].items():
+        for far, threshold in sorted(levels.items(), key=lambda kv: -float(kv[0])):
+            lines.append(_row([model, far, f"{threshold['value']:.4f}", threshold["source"]]))
+    return "\n".join(lines)
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The whole ``report.md``: settings, PSR tables (vs gallery and vs original), robustness, quality, cost."""
+    settings = report["settings"]
+    misses = {
+        method: sum(any(p.get("redetect_miss", {}).values()) for p in result["photos"])
+        for method, result in report["methods"].items()
+    }
+    return "\n\n".join(
+        [
+            "# facecloak evaluate",
+            f"Dodging on {len(report['probes'])} probes from `{settings['faces_dir']}` (gallery: "
+            f"{report['gallery']['n']} photos); pixel baselines at eps {settings['eps_255']:g}/255, "
+            f"{settings['steps']} steps, attacking {', '.join(report['models']['attacked'])}. "
+            "PSR in percent; a face is protected when its cosine similarity is at or below the model's threshold.",
+            "## PSR vs the gallery (no other photo of the same person matches)",
+            psr_table(report, "dodging_gallery"),
+            "## PSR vs the photo's own original",
+            psr_table(report, "dodging_original"),
+            f"## Robustness: gallery PSR of {held_out_model(report)} at FAR {ROBUSTNESS_FAR} after each transform",
+            robustness_table(report),
+            "## Quality (mean over probes; PSNR of identical photos is ∞)",
+            quality_table(report),
+            "## Cost",
+            cost_table(report),
+            "## Thresholds",
+            thresholds_table(report),
+            "Re-detection misses (judged at the original box): "
+            + ", ".join(f"{method} {count}" for method, count in misses.items()),
+        ]
+    )
+
+
+def plot_psr_vs_threshold(report: dict[str, Any], path: Path) -> Path:
+    """PSR of each method against the held-out model's threshold, FAR thresholds marked: how much margin there is."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model = held_out_model(report)
+    series = {
+        method: np.array(
+            [
+                s
+                for p in result["photos"]
+                if (s := p.get("similarity", {}).get(NO_TRANSFORM, {}).get(MAIN_TASK, {}).get(model)) is not None
+            ]
+        )
+        for method, result in report["methods"].items()
+    }
+    marks = {far: t["value"] for far, t in report["thresholds"].get(model, {}).items()}
+    values = [v for s in series.values() for v in s] + list(marks.values())
+    low, high = (min(values) - PLOT_MARGIN, max(values) + PLOT_MARGIN) if values else (0.0, 1.0)
+    grid = np.linspace(low, high, PLOT_POINTS)
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for method, sims in series.items():
+        if len(sims):
+            axes.plot(grid, [(sims <= t).mean() for t in grid], label=method)
+    for far, threshold in marks.items():
+        axes.axvline(threshold, linestyle="--", color="grey", linewidth=0.8)
+        axes.text(threshold, 1.02, f"FAR {far}", rotation=90, fontsize=7, va="bottom", ha="center")
+    axes.set_xlabel(f"{model} threshold (cosine similarity)")
+    axes.set_ylabel("PSR vs gallery")
+    axes.set_ylim(-0.02, 1.15)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def before_after_grid(report: dict[str, Any], out_dir: Path) -> np.ndarray:
+    """One row per probe, one column for the original and one per method: the face crops side by side."""
+    columns = [ORIGINAL_DIR, *report["methods"]]
+    rows = []
+    for probe in report["methods"][next(iter(report["methods"]))]["photos"]:
+        cells = []
+        for folder in columns:
+            path = photo_path(out_dir, folder, probe["image_id"])
+            if not path.is_file():
+                cells.append(np.zeros((GRID_CELL, GRID_CELL, 3), np.uint8))  # the method failed on this photo
+                continue
+            rgb = load_photo(path, max_side=None).rgb
+            x0, y0, x1, y1 = scaled_box(probe["box"], GRID_FACE_SCALE, rgb.shape[:2])
+            cells.append(cv2.resize(rgb[y0:y1, x0:x1], (GRID_CELL, GRID_CELL), interpolation=cv2.INTER_AREA))
+        rows.append(np.concatenate(cells, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write report.json, report.md, psr_vs_threshold.png and grid.png into ``out_dir``; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / name for name in (REPORT_JSON, REPORT_MD, PSR_PLOT, GRID)}
+    paths[REPORT_JSON].write_text(json.dumps(report, indent=2))
+    paths[REPORT_MD].write_text(markdown_report(report) + "\n")
+    plot_psr_vs_threshold(report, paths[PSR_PLOT])
+    save_png(paths[GRID], before_after_grid(report, out_dir))
+    return paths
+
+
+def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """Flat scalars (``psr/<variant>/<task>/<method>/<model>/far<f>``, quality, cost) for experiment trackers."""
+    flat: dict[str, float] = {}
+    for method, result in report["methods"].items():
+        for variant, tasks in result["psr"].items():
+            for task, models in tasks.items():
+                for model, levels in models.items():
+                    for far, cell in levels.items():
+                        if cell.get("available") and cell.get("total"):
+                            flat[f"psr/{variant}/{task}/{method}/{model}/far{far}"] = float(cell["rate"])
+        for region, metrics in result["quality"].items():
+            for metric, value in metrics.items():
+                if isinstance(value, float) and math.isfinite(value):
+                    flat[f"quality/{region}/{metric}/{method}"] = value
+        flat[f"cost/seconds_per_photo/{method}"] = float(result["seconds_per_photo"])
+    return flat

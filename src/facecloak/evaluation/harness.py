@@ -332,8 +332,8 @@ def judge_method(
             face, missed = judge.locate(rgb, probe.face)
             for name, vector in judge.embed(rgb, face).items():
                 embeddings[name].append(FaceEmbedding(probe.image_id, vector, probe.item.identity))
-            row = photos.setdefault(probe.image_id, {"redetect_miss": {}, "similarity": {}})
-            row["redetect_miss"][variant] = missed
+            entry = photos.setdefault(probe.image_id, {"redetect_miss": {}, "similarity": {}})
+            entry["redetect_miss"][variant] = missed
         data = {
             name: ModelEmbeddings(
                 protected=faces,

@@ -189,7 +189,7 @@ def before_after_grid(report: dict[str, Any], out_dir: Path) -> np.ndarray:
     columns = [ORIGINAL_DIR, *report["methods"]]
     rows = []
     for probe in report["methods"][next(iter(report["methods"]))]["photos"]:
-        cells = []
+        cells: list[np.ndarray] = []
         for folder in columns:
             path = photo_path(out_dir, folder, probe["image_id"])
             if not path.is_file():

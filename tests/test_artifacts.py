@@ -21,7 +21,9 @@ from facecloak.stages.artifacts import (
 )
 from facecloak.stages.pivot_tuning import apply_deltas, psnr, tune_images
 from test_pivot_tuning import CONFIG, TRAINER
-from test_projector import FAST, TINY, load_real_faces, single_thread, tiny_generator  # noqa: F401
+from test_projector import FAST, TINY, load_real_faces, tiny_generator
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

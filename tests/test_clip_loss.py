@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import open_clip
 import pytest
 import torch
@@ -24,6 +22,8 @@ from facecloak.losses.clip_loss import (
     text_direction,
 )
 from facecloak.registry.store import is_available
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 PROMPT = "red lipstick"
 
@@ -46,15 +46,6 @@ def tiny_clip_loss(
         distortion_scale=distortion_scale,
         num_augmentations=num_augmentations,
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """Tiny models are many small kernels: on a shared machine a second intra-op thread only adds synchronisation."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -15,21 +15,12 @@ from facecloak.errors import ConfigError
 from facecloak.evaluation.harness import NO_TRANSFORM, TASKS, photo_path, select_probe_items
 from facecloak.evaluation.protocol import ProtocolItem
 from facecloak.evaluation.robustness import DEFAULT_TRANSFORMS
+from test_protect import TINY as PROTECT_TINY
 
 N_PEOPLE = 2
 PHOTOS_PER_PERSON = 2
 METHODS = ("clean", "pgd", "protect")
-TINY = [
-    "generator.size=64",
-    "generator.channel_max=32",
-    "generator.projector.steps=3",
-    "generator.projector.n_mean_latent=100",
-    "pivot.steps=3",
-    "pivot.loss_size=64",
-    "search.steps=3",
-    "search.layers=[0,1,2,3,4,5,6,7,8,9]",
-    "trainer.progress_bar=false",
-]
+TINY = PROTECT_TINY[1:]  # the preset comes from evaluate's own --preset option
 
 
 def _small_labelled_folder(faces_dir: Path, dest: Path) -> Path:

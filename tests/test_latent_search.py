@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -28,6 +27,8 @@ from facecloak.stages.latent_search import (
 )
 from test_clip_loss import tiny_clip_loss
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TINY = GeneratorConfig(size=64, style_dim=64, n_mlp=2, channel_base=512, channel_max=32)
 ATTACKED = "mobilefacenet_casia"
 IDS = ("alice", "bob")
@@ -36,15 +37,6 @@ NEVER = -1.0
 NOISE_STRENGTH = 0.1
 PHOTO_OFFSET = 0.3
 BASE = LatentSearchConfig(identity_mode="dodge", lambda_clip=0.0, steps=4, clip_distortion_scale=None)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """These runs are many tiny kernels: on a shared machine a second intra-op thread only adds synchronisation."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

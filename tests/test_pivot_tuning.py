@@ -19,7 +19,9 @@ from facecloak.stages.pivot_tuning import (
     tune_images,
     tuned_parameter_names,
 )
-from test_projector import FAST, TINY, load_real_faces, single_thread, tiny_generator  # noqa: F401
+from test_projector import FAST, TINY, load_real_faces, tiny_generator
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 CONFIG = PivotTuningConfig(steps=12, lr=5e-3, loss_size=64, perceptual="msssim")
 """The recipe with fewer steps, a larger step size and a 64 px loss so the tiny runs move visibly and fast."""

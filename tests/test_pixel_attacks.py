@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,8 @@ from facecloak.io.images import load_photo
 from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
 from facecloak.models.fr.zoo import FaceEmbedder, load_fr_model
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 ATTACKED = "mobilefacenet_casia"  # the fastest attackable offline model keeps the file well under a minute
 PHOTO_MAX_SIDE = 480  # photos are downscaled on load: faces stay ~150 px, each step stays cheap on one core
 STEPS = 5
@@ -53,15 +54,6 @@ def _first_photo_per_identity(faces_dir: Path, count: int) -> list[tuple[str, Pa
     for identity, path in rows:
         chosen.setdefault(identity, faces_dir / path)
     return list(chosen.items())[:count]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Many small convolutions: on shared cores a second thread only adds contention (measured 3-10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from facecloak.inversion.projector import learning_rate, noise_regularization, n
 from facecloak.losses import LPIPSDistance, MSSSIMDistance, build_perceptual, resize_for_loss
 from facecloak.models.stylegan2 import Generator, GeneratorConfig
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 PEOPLE = ("angelina_jolie", "elon_musk", "jeff_bezos")
 """Three different people from the shared photos; the first listed photo of each is used."""
 
@@ -54,15 +56,6 @@ def tiny_generator(seed: int = 0) -> Generator:
 
 
 FAST = ProjectorConfig(steps=25, lr=0.1, loss_size=64, n_mean_latent=500, perceptual="msssim", seed=3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: these small optimisations run several times slower with two on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

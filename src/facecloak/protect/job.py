@@ -1,8 +1,8 @@
 """A resumable protection job over many photos: one manifest, atomic writes, config fingerprint.
 
-The manifest (``job.json`` in the output folder) records per photo its state, output files and their SHA-256, so
-rerunning the same command after a crash or a kill skips finished photos, and a changed configuration is refused
-instead of being mixed into old results.
+The manifest (``job.json`` plus one entry per photo in ``.job/``) records per photo its state, output files and
+their SHA-256, so rerunning the same command after a crash or a kill skips finished photos, and a changed
+configuration is refused instead of being mixed into old results.
 """
 
 from __future__ import annotations
@@ -10,14 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from facecloak.errors import ConfigError
 
 MANIFEST_NAME = "job.json"
+ENTRIES_DIR = ".job"
 DONE, FAILED, PENDING = "done", "failed", "pending"
 
 
@@ -48,11 +50,19 @@ def file_sha256(path: Path) -> str:
 
 @dataclass
 class JobManifest:
-    """State of every photo of a job, saved after each change."""
+    """State of every photo of a job: one small JSON entry per photo, written atomically after each change.
+
+    One file per photo (``.job/<image id>.json``) instead of one shared file lets several ranks of a multi-process
+    job record their own photos without ever writing the same file; ``job.json`` holds the config fingerprint.
+    """
 
     path: Path
     fingerprint: str
-    photos: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def entries_dir(self) -> Path:
+        """Folder of the per-photo entries."""
+        return self.path.parent / ENTRIES_DIR
 
     @classmethod
     def open(cls, out_dir: Path, fingerprint: str, restart: bool = False) -> JobManifest:
@@ -65,18 +75,26 @@ class JobManifest:
                     f"{out_dir} holds a job run with a different configuration ({data.get('fingerprint')} vs "
                     f"{fingerprint}); use another --out folder, or --restart to discard the old results"
                 )
-            return cls(path, fingerprint, data.get("photos", {}))
+            return cls(path, fingerprint)
         manifest = cls(path, fingerprint)
-        manifest.save()
+        if restart:
+            shutil.rmtree(manifest.entries_dir, ignore_errors=True)
+        write_json_atomic(path, {"fingerprint": fingerprint, "entries": ENTRIES_DIR})
         return manifest
 
-    def save(self) -> None:
-        """Persist the manifest atomically."""
-        write_json_atomic(self.path, {"fingerprint": self.fingerprint, "photos": self.photos})
+    def entry(self, image_id: str) -> dict[str, Any] | None:
+        """A photo's entry, or None before its first state change."""
+        path = self.entries_dir / f"{image_id}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    @property
+    def photos(self) -> dict[str, dict[str, Any]]:
+        """Every photo's entry, by image id."""
+        return {p.stem: json.loads(p.read_text()) for p in sorted(self.entries_dir.glob("*.json"))}
 
     def is_done(self, image_id: str) -> bool:
         """A photo is done when recorded so and every output still exists with its checksum."""
-        entry = self.photos.get(image_id)
+        entry = self.entry(image_id)
         if not entry or entry.get("state") != DONE:
             return False
         outputs = entry.get("outputs", {})
@@ -87,13 +105,14 @@ class JobManifest:
         )
 
     def record(self, image_id: str, state: str, **fields: Any) -> None:
-        """Set a photo's state (and outputs, errors, metrics) and save."""
-        self.photos[image_id] = {"state": state, **fields}
-        self.save()
+        """Set a photo's state (and outputs, errors, metrics), atomically."""
+        write_json_atomic(self.entries_dir / f"{image_id}.json", {"state": state, **fields})
 
-    def summary(self) -> dict[str, int]:
-        """Count of photos per state."""
+    def summary(self, image_ids: list[str] | None = None) -> dict[str, int]:
+        """Count of photos per state (of ``image_ids`` when given; photos without an entry count as pending)."""
+        photos = self.photos
         counts: dict[str, int] = {}
-        for entry in self.photos.values():
-            counts[entry["state"]] = counts.get(entry["state"], 0) + 1
+        for image_id in image_ids if image_ids is not None else list(photos):
+            state = photos.get(image_id, {}).get("state", PENDING)
+            counts[state] = counts.get(state, 0) + 1
         return counts

@@ -1,59 +1,125 @@
-"""Run a protection job over many photos: skip finished ones, record failures and keep going."""
+"""Run a protection job over many photos: skip finished ones, record failures, keep going, check completeness.
+
+Under torchrun or SLURM each rank protects its own round-robin share of the photos (a photo's result depends only
+on the seed and the photo, so it is the same with any number of ranks); every output is written once, by the rank
+that owns the photo. The ranks meet at a final barrier, after which rank 0 writes ``summary.json`` and says which
+photos are missing if a rank crashed — the job checks its own completeness instead of trusting exit codes.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from facecloak.config.compose import to_plain
 from facecloak.config.schema import AppConfig
 from facecloak.errors import FacecloakError
 from facecloak.protect.job import DONE, FAILED, JobManifest, config_fingerprint, file_sha256, write_json_atomic
-from facecloak.protect.pipeline import Protector, image_id_for
+from facecloak.protect.pipeline import image_id_for
 
 log = logging.getLogger(__name__)
 SUMMARY_NAME = "summary.json"
+STAGE_DIR_NAME = ".stages"
 
 
 def result_affecting_config(config: AppConfig) -> dict[str, Any]:
-    """The resolved config minus settings that do not change results (logging, progress bars)."""
+    """The resolved config minus settings that do not change results (logging, progress bars, rank layout)."""
     plain = to_plain(config)
     plain.pop("logger", None)
-    plain.get("trainer", {}).pop("progress_bar", None)
+    for key in ("progress_bar", "devices", "num_nodes", "strategy", "log_every_n_steps", "barrier_timeout_s"):
+        plain.get("trainer", {}).pop(key, None)
     return plain
 
 
 def run_protect_job(photos: Sequence[Path], out_dir: Path, config: AppConfig, restart: bool = False) -> dict:
     """Protect every photo; a rerun of the same command resumes, a changed config is refused."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = JobManifest.open(out_dir, config_fingerprint(result_affecting_config(config)), restart=restart)
-    ids = {image_id_for(p): p for p in photos}
-    pending = [i for i in ids if not manifest.is_done(i)]
-    # Set-up errors (missing weights, bad target photo) stop the job at once instead of failing every photo.
-    protector = Protector(config, stage_dir=out_dir / ".stages") if pending else None
-    progress = tqdm(ids.items(), desc="photos", unit="photo", disable=not config.trainer.progress_bar)
-    for image_id, path in progress:
-        progress.set_postfix_str(path.name)
-        if manifest.is_done(image_id):
-            continue
-        assert protector is not None
-        try:
-            record = protector.protect_photo(path, image_id, out_dir)
-            outputs = {k: v for k, v in record["outputs"].items()}
-            outputs.update({f"{k}_sha256": file_sha256(Path(v)) for k, v in record["outputs"].items()})
-            manifest.record(image_id, DONE, source=str(path), outputs=outputs, record=f"{image_id}.json")
-        except FacecloakError as err:
-            log.warning("%s: %s", path, err)
-            manifest.record(image_id, FAILED, source=str(path), error=str(err))
+    from facecloak.runtime.distributed import job_ranks
+
+    with job_ranks(config.trainer.barrier_timeout_s) as ranks:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fingerprint = config_fingerprint(result_affecting_config(config))
+        # Rank 0 opens (or restarts) the job before any other rank reads it.
+        if ranks.is_main:
+            manifest = JobManifest.open(out_dir, fingerprint, restart=restart)
+        ranks.barrier(config.trainer.barrier_timeout_s)
+        if not ranks.is_main:
+            manifest = JobManifest.open(out_dir, fingerprint)
+        ids = {image_id_for(p): p for p in photos}
+        mine = ranks.share(sorted(ids))
+        rank_config = replace(config, device=ranks.device(config.device))
+        _protect_share(mine, ids, out_dir, rank_config, manifest, ranks)
+        missing_ranks = ranks.barrier(config.trainer.barrier_timeout_s)
+        summary = _summary(manifest, ids, out_dir, missing_ranks)
+        if ranks.is_main:
+            write_json_atomic(out_dir / SUMMARY_NAME, summary)
+    return summary
+
+
+def _protect_share(
+    mine: list[str], ids: dict[str, Path], out_dir: Path, config: AppConfig, manifest: JobManifest, ranks: Any
+) -> None:
+    """Protect this rank's photos, with one progress bar and (when configured) one W&B run."""
+    from facecloak.protect.methods import build_protector
+    from facecloak.runtime.progress import JobProgress
+    from facecloak.runtime.trainer import build_logger, closing_logger
+
+    pending = [i for i in mine if not manifest.is_done(i)]
+    progress = JobProgress(len(mine), config.trainer.progress_bar, ranks.rank, ranks.world_size)
+    progress.bar.update(len(mine) - len(pending))
+    logger = None
+    if pending:
+        logger = build_logger(config.logger, f"protect-{out_dir.name}-rank{ranks.rank}", to_plain(config), out_dir.name)
+    try:
+        with closing_logger(logger):
+            # Set-up errors (missing weights, bad target photo) stop the job at once instead of failing every photo.
+            protector = build_protector(config, out_dir / STAGE_DIR_NAME, logger, [progress]) if pending else None
+            for index, image_id in enumerate(pending):
+                path = ids[image_id]
+                progress.start_photo(path.name)
+                assert protector is not None
+                try:
+                    record = protector.protect_photo(path, image_id, out_dir)
+                    outputs = dict(record["outputs"])
+                    outputs.update({f"{k}_sha256": file_sha256(Path(v)) for k, v in record["outputs"].items()})
+                    manifest.record(image_id, DONE, source=str(path), outputs=outputs, record=f"{image_id}.json")
+                    _log_photo(logger, index, record)
+                except FacecloakError as err:
+                    log.warning("%s: %s", path, err)
+                    manifest.record(image_id, FAILED, source=str(path), error=str(err))
+                progress.finish_photo()
+    finally:
+        progress.close()
+
+
+def _log_photo(logger: Any, index: int, record: dict[str, Any]) -> None:
+    """Per-photo numbers for the W&B run (similarities and verdicts; never the image)."""
+    if logger is None:
+        return
+    metrics: dict[str, float] = {"photo/index": index, "photo/seconds": float(record["seconds"])}
+    for face in record["faces"]:
+        for model, verdict in face.get("fr", {}).items():
+            if "similarity_after" in verdict:
+                metrics[f"photo/face{face['face']}/{model}/similarity_after"] = verdict["similarity_after"]
+                metrics[f"photo/face{face['face']}/{model}/passes"] = float(verdict["passes"])
+    logger.log_metrics(metrics)
+
+
+def _summary(manifest: JobManifest, ids: dict[str, Path], out_dir: Path, missing_ranks: list[int]) -> dict:
+    """Counts, failures and — if a rank crashed — the photos nobody finished."""
+    entries = manifest.photos
+    incomplete = sorted(i for i in ids if entries.get(i, {}).get("state") not in (DONE, FAILED))
     summary = {
         "out_dir": str(out_dir),
-        "counts": manifest.summary(),
-        "failed": {i: e.get("error") for i, e in manifest.photos.items() if e["state"] == FAILED},
-        "photos": {i: e["source"] for i, e in manifest.photos.items()},
+        "counts": manifest.summary(sorted(ids)),
+        "failed": {i: e.get("error") for i, e in entries.items() if i in ids and e["state"] == FAILED},
+        "photos": {i: str(p) for i, p in ids.items()},
+        "complete": not incomplete,
     }
-    write_json_atomic(out_dir / SUMMARY_NAME, summary)
+    if incomplete:
+        summary["incomplete"] = incomplete
+        summary["missing_ranks"] = missing_ranks
+        log.error("%d photo(s) unfinished (ranks missing: %s); rerun to resume", len(incomplete), missing_ranks)
     return summary

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +36,20 @@ class TrainerConfig:
     strategy: str = "auto"
     progress_bar: bool = True
     deterministic: bool = False
+    # Loss curves get a point every this many optimisation steps (per-photo stages are short).
+    log_every_n_steps: int = 1
+    # A multi-process protection job waits this long at its final barrier for the other ranks' photos.
+    barrier_timeout_s: int = 7200
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"config key 'trainer.precision': must be one of {PRECISIONS}, got '{self.precision}'")
         if self.num_nodes < 1:
             raise ConfigError("config key 'trainer.num_nodes': must be at least 1")
+        if self.log_every_n_steps < 1:
+            raise ConfigError("config key 'trainer.log_every_n_steps': must be at least 1")
+        if self.barrier_timeout_s < 1:
+            raise ConfigError("config key 'trainer.barrier_timeout_s': must be at least 1 second")
 
 
 @dataclass
@@ -81,6 +90,7 @@ def trainer_kwargs(config: TrainerConfig, logger: Any = None, max_steps: int | N
         "deterministic": config.deterministic,
         "enable_checkpointing": False,
         "enable_model_summary": False,
+        "log_every_n_steps": config.log_every_n_steps,
         "logger": logger if logger is not None else False,
         "num_sanity_val_steps": 0,
     }
@@ -91,7 +101,8 @@ def trainer_kwargs(config: TrainerConfig, logger: Any = None, max_steps: int | N
 
 def build_logger(config: LoggerConfig, run_name: str, run_config: dict[str, Any], group: str | None = None) -> Any:
     """A Lightning logger for one stage run, or None when logging is off."""
-    if config.kind == "none" or (config.kind == "wandb" and config.mode == "disabled"):
+    disabled_by_env = os.environ.get("WANDB_MODE") == "disabled"
+    if config.kind == "none" or (config.kind == "wandb" and (config.mode == "disabled" or disabled_by_env)):
         return None
     save_dir = Path(config.save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,16 @@
+"""Pick the protection method of a job: every method shares detection, paste-back, outputs and judging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from facecloak.config.schema import AppConfig
+from facecloak.protect.pipeline import Protector
+
+
+def build_protector(
+    config: AppConfig, stage_dir: Path | None = None, logger: Any = None, callbacks: list[Any] | None = None
+) -> Protector:
+    """The protector for ``config.protect.method`` (networks loaded once per job)."""
+    return Protector(config, stage_dir=stage_dir, logger=logger, callbacks=callbacks)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,11 +64,24 @@ def _item_key(item: Any) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-def read_offline_run(run_dir: Path) -> OfflineRun:
-    """Parse ``run_dir/run-*.wandb`` (an ``offline-run-*`` folder)."""
+def read_offline_run(run_dir: Path, wait_for_exit_s: float = 0.0) -> OfflineRun:
+    """Parse ``run_dir/run-*.wandb`` (an ``offline-run-*`` folder).
+
+    W&B's service process may still be writing when ``finish()`` has returned; ``wait_for_exit_s`` re-reads the log
+    until its exit record is there (or the time is up, leaving ``exit_code`` None).
+    """
+    deadline = time.monotonic() + wait_for_exit_s
+    run = _read_once(Path(run_dir))
+    while run.exit_code is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        run = _read_once(Path(run_dir))
+    return run
+
+
+def _read_once(run_dir: Path) -> OfflineRun:
     from wandb.proto import wandb_internal_pb2
 
-    logs = sorted(Path(run_dir).glob("run-*.wandb"))
+    logs = sorted(run_dir.glob("run-*.wandb"))
     if not logs:
         raise FacecloakError(f"{run_dir} holds no run-*.wandb file; is it an offline W&B run folder?")
     data = logs[0].read_bytes()

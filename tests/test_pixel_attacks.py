@@ -257,3 +257,35 @@ def test_diverse_input_resizes_and_pads() -> None:
     first = diverse_input(images, 1.0, (1.0, 1.3), torch.Generator().manual_seed(7))
     again = diverse_input(images, 1.0, (1.0, 1.3), torch.Generator().manual_seed(7))
     assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("name", ["pgd", "tidim"])
+def test_trainer_stage_gives_the_same_images_as_the_plain_loop(
+    name: str, photos: list[Photo], model: FaceEmbedder
+) -> None:
+    from facecloak.stages.pixel_attack import trainer_perturb
+
+    loss = AdversarialIdentityLoss([model], "dodge")
+    image, landmarks, _ = _region_tensor(photos[0])
+    reference = IdentityReference(source={k: v.detach() for k, v in loss.embed(image, landmarks).items()})
+    config = _config(steps=3, random_start=True, di_prob=1.0)
+    plain = build_pixel_attack(name, config, loss).perturb(image, landmarks, reference)
+    staged = trainer_perturb(build_pixel_attack(name, config, loss), image, landmarks, reference, None, {})
+    assert torch.equal(staged, plain)
+    mixed = trainer_perturb(
+        build_pixel_attack(name, config, loss), image, landmarks, reference, None, {"precision": "bf16-mixed"}
+    )
+    assert float((mixed - image).abs().max()) <= EPS_255 / 255 + 1e-6 and not torch.equal(mixed, image)
+
+
+def test_photo_protection_through_the_trainer(photos: list[Photo], model: FaceEmbedder) -> None:
+    import functools
+
+    from facecloak.stages.pixel_attack import trainer_perturb
+
+    attack = build_pixel_attack("mifgsm", _config(steps=2), AdversarialIdentityLoss([model], "dodge"))
+    plain = protect_photo_pixels(photos[1].rgb, [photos[1].face], attack)
+    staged = protect_photo_pixels(
+        photos[1].rgb, [photos[1].face], attack, perturb=functools.partial(trainer_perturb, trainer_kwargs={})
+    )
+    np.testing.assert_array_equal(staged, plain)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -198,6 +198,19 @@ def register_pixel_attack(name: str) -> Callable[[type[PixelAttack]], type[Pixel
     return add
 
 
+@dataclass
+class AttackRun:
+    """Everything one attack carries from step to step (fresh per call, so nothing leaks between photos)."""
+
+    clean: Tensor
+    keep: Tensor | None
+    landmarks5: Tensor
+    reference: IdentityReference
+    generator: torch.Generator
+    adv: Tensor
+    state: dict[str, Tensor] = field(default_factory=dict)
+
+
 class PixelAttack:
     """An L∞ attack on the identity loss; subclasses change only how a gradient becomes a step."""
 
@@ -251,6 +264,19 @@ class PixelAttack:
         ``landmarks5`` ``[B, 5, 2]`` locate each face in the images; ``mask`` (``[B or 1, 1, H, W]``, bool or 0/1)
         limits where pixels may change. Images are independent: each one's loss has its own gradient.
         """
+        run = self.start(images01, landmarks5, reference, mask)
+        for _ in range(self.config.steps):
+            self.step(run)
+        return run.adv.detach()
+
+    def start(
+        self, images01: Tensor, landmarks5: Tensor, reference: IdentityReference, mask: Tensor | None = None
+    ) -> AttackRun:
+        """The state of one attack: clean images, mask, seeded draws and the (optionally random) first iterate.
+
+        :meth:`perturb` loops :meth:`step` over it; the Lightning stage (:mod:`facecloak.stages.pixel_attack`) runs
+        the same steps through a Trainer.
+        """
         clean = self._check_images(images01)
         keep = self._check_mask(mask, clean)
         landmarks5 = landmarks5.to(device=clean.device, dtype=clean.dtype)
@@ -259,20 +285,22 @@ class PixelAttack:
         if self.random_start:
             noise = torch.rand(clean.shape, generator=generator, dtype=clean.dtype) * 2 - 1
             adv = self._project(clean + self.eps * noise.to(clean.device), clean, keep)
-        state: dict[str, Tensor] = {}
-        for _ in range(self.config.steps):
-            adv = adv.detach().requires_grad_(True)
-            view = self._input_transform(adv, generator)
-            if self.degradation is not None:
-                view = self.degradation(view)
-            loss, _ = self.loss(view, landmarks5, reference)
-            (grad,) = torch.autograd.grad(loss.sum(), adv)
-            grad = self._gradient_transform(grad)
-            if keep is not None:
-                grad = grad * keep
-            # The identity loss is minimised: dodging lowers the source similarity, impersonation raises the target's.
-            adv = self._project(adv.detach() - self.step_size * self._direction(grad, state), clean, keep)
-        return adv.detach()
+        return AttackRun(clean, keep, landmarks5, reference, generator, adv)
+
+    def step(self, run: AttackRun) -> Tensor:
+        """One signed step on every image of ``run`` (updated in place); returns the per-image loss before it."""
+        adv = run.adv.detach().requires_grad_(True)
+        view = self._input_transform(adv, run.generator)
+        if self.degradation is not None:
+            view = self.degradation(view)
+        loss, _ = self.loss(view, run.landmarks5, run.reference)
+        (grad,) = torch.autograd.grad(loss.sum(), adv)
+        grad = self._gradient_transform(grad.float())
+        if run.keep is not None:
+            grad = grad * run.keep
+        # The identity loss is minimised: dodging lowers the source similarity, impersonation raises the target's.
+        run.adv = self._project(adv.detach() - self.step_size * self._direction(grad, run.state), run.clean, run.keep)
+        return loss.detach()
 
     # hooks a variant may override ---------------------------------------------------------------------------------
 
@@ -401,6 +429,10 @@ def _to_uint8(images01: Tensor) -> np.ndarray:
     return (images01[0] * PIXEL_LEVELS).round().clamp(0, PIXEL_LEVELS).byte().permute(1, 2, 0).cpu().numpy()
 
 
+Perturb = Callable[[PixelAttack, Tensor, Tensor, IdentityReference, "Tensor | None"], Tensor]
+"""Runs an attack on one region: ``(attack, images01, landmarks5, reference, mask) -> adversarial images``."""
+
+
 def protect_photo_pixels(
     rgb: np.ndarray,
     faces: Sequence[Face],
@@ -409,6 +441,7 @@ def protect_photo_pixels(
     target: Mapping[str, Tensor] | None = None,
     region_scale: float = DEFAULT_REGION_SCALE,
     mask_scale: float | None = 1.0,
+    perturb: Perturb | None = None,
 ) -> np.ndarray:
     """Protect every face of a full uint8 photo with ``attack``; returns a new uint8 photo within the budget.
 
@@ -416,8 +449,10 @@ def protect_photo_pixels(
     clean photo (and ``target`` embeddings, per attacked model, for impersonation). With ``mask_scale`` only pixels
     inside the box enlarged that much may change (None: the whole region). The float result is quantised to uint8
     before it is written back, and the finished photo is clipped to ``round(eps_255)`` levels around ``rgb``, so
-    faces whose regions overlap still respect the budget.
+    faces whose regions overlap still respect the budget. ``perturb`` runs the attack's steps (default: its own
+    loop; :func:`facecloak.stages.pixel_attack.trainer_perturb` runs them through a Lightning Trainer).
     """
+    perturb = perturb or (lambda attack, *inputs: attack.perturb(*inputs))
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageError(f"protect_photo_pixels needs an RGB uint8 photo (H, W, 3), got {getattr(rgb, 'shape', rgb)}")
     if not faces:
@@ -437,7 +472,7 @@ def protect_photo_pixels(
             mx0, my0, mx1, my1 = scaled_box(face.box, mask_scale, size)
             mask = torch.zeros(1, 1, y1 - y0, x1 - x0, dtype=torch.bool)
             mask[..., max(my0 - y0, 0) : my1 - y0, max(mx0 - x0, 0) : mx1 - x0] = True
-        adv = attack.perturb(region, landmarks, reference, mask)
+        adv = perturb(attack, region, landmarks, reference, mask)
         out[y0:y1, x0:x1] = _to_uint8(adv)
     budget = math.floor(attack.config.eps_255 + 0.5)  # what rounding a float within eps_255 of an integer can reach
     low = np.clip(rgb.astype(np.int16) - budget, 0, 255)

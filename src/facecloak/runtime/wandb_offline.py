@@ -89,7 +89,7 @@ def _read_once(run_dir: Path) -> OfflineRun:
         raise FacecloakError(f"{logs[0]} is not a W&B transaction log")
     run = OfflineRun(logs[0])
     for raw in _chunks(data):
-        record = wandb_internal_pb2.Record.FromString(raw)
+        record = wandb_internal_pb2.Record.FromString(raw)  # type: ignore[attr-defined]
         kind = record.WhichOneof("record_type")
         if kind == "history":
             run.history.append({_item_key(i): json.loads(i.value_json) for i in record.history.item})

@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from facecloak.attacks.pixel import AttackRun, PixelAttack
 from facecloak.losses.identity import IdentityReference
@@ -33,6 +33,19 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 EXPECTED_WARNINGS = ("does not have many workers", "returned `None`", "in eval mode at the start")
 """Lightning warnings that do not apply: an in-memory step counter, no optimizer (the attack steps itself)."""
+
+
+class _Steps(Dataset[int]):
+    """One item per attack step: the module holds the images, the loader only paces the loop."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, index: int) -> int:
+        return index
 
 
 class PixelAttackStage(L.LightningModule):
@@ -78,7 +91,7 @@ def trainer_perturb(
     """:meth:`PixelAttack.perturb` through a Lightning Trainer (``trainer_kwargs`` override the defaults)."""
     module = PixelAttackStage(attack, images01, landmarks5, reference, mask)
     trainer = L.Trainer(**{**TRAINER_DEFAULTS, **(trainer_kwargs or {})})
-    steps = DataLoader(list(range(attack.config.steps)), batch_size=None)
+    steps: DataLoader[int] = DataLoader(_Steps(attack.config.steps), batch_size=None)
     with warnings.catch_warnings(), torch.enable_grad():
         for expected in EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=f".*{re.escape(expected)}.*")

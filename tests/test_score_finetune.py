@@ -203,3 +203,45 @@ def test_finetuned_network_protects_new_photos_after_saving(one_step, initial_un
     self_inverted = protect_with_finetuned(reloaded, new_photo, CONFIG)
     assert not torch.equal(self_inverted, protected)  # the two inversion choices differ
     assert np.isfinite(self_inverted.numpy()).all()
+
+
+def test_composite_judges_only_what_fine_tuning_changes(crops, judges, initial_unet) -> None:
+    images, landmarks = crops
+    identity, _, landmark = judges
+    mask = torch.zeros(2, 1, RESOLUTION, RESOLUTION)
+    mask[..., 4:12, 4:12] = 1.0
+    delta = prepare_finetune_faces(
+        initial_unet, images, landmarks, CONFIG, identity, landmark, composite="delta", change_mask=mask
+    )
+    module = build_module(initial_unet, judges)
+    batch = delta.tensors
+    with torch.no_grad():
+        regenerated = module.regenerate(batch["x_t0"])
+        # Before fine-tuning there is no change: the judged face is the photo, though the network cannot reproduce it.
+        assert float((regenerated - images).abs().max()) > 0.05
+        torch.testing.assert_close(module.composite(regenerated, batch), images)
+        # A change reaches the judged face only inside the mask.
+        moved = module.composite(regenerated + 0.3, batch)
+        torch.testing.assert_close(moved[..., 4:12, 4:12], images[..., 4:12, 4:12] + 0.3)
+        torch.testing.assert_close(moved[..., :4, :], images[..., :4, :])
+        replace = prepare_finetune_faces(
+            initial_unet, images, landmarks, CONFIG, identity, landmark, composite="replace"
+        )
+        torch.testing.assert_close(module.composite(regenerated, replace.tensors), regenerated)
+        # A sharper photo than the network's resolution: the network sees it downsampled, the losses judge it sharp
+        # with the change upsampled (as paste-back does), so the untouched network still shows the photo exactly.
+        sharp = torch.nn.functional.interpolate(images, scale_factor=2, mode="bicubic").clamp(0, 1)
+        composited = prepare_finetune_faces(
+            initial_unet, sharp, landmarks * 2, CONFIG, identity, landmark, composite="delta"
+        )
+        assert (
+            composited.tensors["x0"].shape[-1] == RESOLUTION and composited.tensors["photo"].shape[-1] == 2 * RESOLUTION
+        )
+        regenerated = module.regenerate(composited.tensors["x_t0"])
+        torch.testing.assert_close(module.composite(regenerated, composited.tensors), sharp)
+    with pytest.raises(ConfigError, match="need a composite mode"):
+        prepare_finetune_faces(initial_unet, sharp, landmarks * 2, CONFIG, identity, landmark)
+    with pytest.raises(ConfigError, match="composite mode"):
+        prepare_finetune_faces(initial_unet, images, landmarks, CONFIG, identity, landmark, change_mask=mask)
+    with pytest.raises(ConfigError, match="composite='blend'"):
+        prepare_finetune_faces(initial_unet, images, landmarks, CONFIG, identity, landmark, composite="blend")  # type: ignore[arg-type]

@@ -7,13 +7,21 @@ import json
 from pathlib import Path
 
 from facecloak.config.compose import compose
+from facecloak.config.schema import METHODS
+from facecloak.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the protect command."""
     parser.add_argument("photos", nargs="+", type=Path, help="photos or folders of photos")
     parser.add_argument("--out", type=Path, required=True, help="output folder (also the job's resume state)")
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        help="clip2protect: adversarial makeup (default); map: an identity change carried by a facial expression",
+    )
     parser.add_argument("--prompt", help="makeup text prompt for the CLIP loss, e.g. 'red lipstick'")
+    parser.add_argument("--expression", help="MAP: the expression that carries the change, e.g. happy or surprised")
     parser.add_argument("--target", type=Path, help="impersonate the person in this photo (default: dodging)")
     parser.add_argument("--preset", help="configuration preset (configs/preset/NAME.yaml), e.g. offline or paper")
     parser.add_argument("--restart", action="store_true", help="discard a previous job in --out")
@@ -33,12 +41,23 @@ def expand_photos(paths: list[Path]) -> list[Path]:
     return out
 
 
-def default_preset() -> str:
-    """The paper's preset when its weights are present, else the one that runs offline (said on the console)."""
+PAPER_FR_MODELS = ("ir152", "irse50", "mobile_face", "facenet")
+SCORE_NETWORK = "ddpm_celebahq_256"
+
+
+def default_preset(method: str) -> str:
+    """The paper's preset when its weights are present, else the one that runs offline (said on the console).
+
+    MAP without the CelebA-HQ score network runs ``map_offline``; with it, the method's full-size defaults on top of
+    the preset the FR weights allow.
+    """
     from facecloak.registry.store import is_available
 
-    paper_models = ("stylegan2_ffhq_1024", "ir152", "irse50", "mobile_face", "facenet")
-    preset = "paper" if all(is_available(m) for m in paper_models) else "offline"
+    if method == "map" and not is_available(SCORE_NETWORK):
+        print(f"preset: map_offline ({SCORE_NETWORK} is not present)")
+        return "map_offline"
+    needed = PAPER_FR_MODELS if method == "map" else ("stylegan2_ffhq_1024", *PAPER_FR_MODELS)
+    preset = "paper" if all(is_available(m) for m in needed) else "offline"
     print(f"preset: {preset}" + ("" if preset == "paper" else " (the paper's weights are not all present)"))
     return preset
 
@@ -47,16 +66,27 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     """Build the configuration from preset, options and overrides; run the job; print the summary."""
     from facecloak.protect.runner import run_protect_job
 
-    extra = [f"preset={args.preset or default_preset()}"]
+    extra = [f"preset={args.preset or default_preset(args.method or 'clip2protect')}"]
+    if args.method:
+        extra.append(f"protect.method={args.method}")
     if args.prompt:
         extra.append(f"search.makeup_prompt={args.prompt}")
+    if args.expression:
+        extra.append(f"map.expression={args.expression}")
     if args.target:
         extra += ["protect.mode=impersonate", f"protect.target={args.target}"]
     config = compose(extra + overrides)
+    if args.expression and config.protect.method != "map":
+        raise ConfigError(
+            f"--expression is a MAP option; protect.method is '{config.protect.method}' (add --method map)"
+        )
     summary = run_protect_job(expand_photos(args.photos), args.out, config, restart=args.restart)
     print(json.dumps(summary["counts"]))
     for image_id, error in summary["failed"].items():
         print(f"failed: {summary['photos'][image_id]}: {error}")
+    if not summary["complete"]:
+        print(f"incomplete: {len(summary['incomplete'])} photo(s) unfinished; rerun the same command to resume")
+        return 2
     return 0 if summary["counts"].get("done", 0) else 1
 
 

@@ -6,13 +6,15 @@ checks value ranges when the merged config is turned into objects (:func:`facecl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from facecloak.errors import ConfigError
 from facecloak.inversion.projector import ProjectorConfig
+from facecloak.models.ddpm import DDPMConfig
 from facecloak.runtime.trainer import LoggerConfig, TrainerConfig
 from facecloak.stages.latent_search import LatentSearchConfig
 from facecloak.stages.pivot_tuning import PivotTuningConfig
+from facecloak.stages.score_finetune import FACE_CROP_SCALE, ScoreFinetuneConfig
 
 KNOWN_DETECTORS = ("mtcnn", "scrfd")
 DEFAULT_FAR_LEVELS = (0.1, 0.01, 0.001)
@@ -92,6 +94,7 @@ class FRConfig:
         _require(all(0 < f < 1 for f in self.far_levels), "fr.far_levels", "false-accept rates must be in (0, 1)")
 
 
+METHODS = ("clip2protect", "map")
 INVERSIONS = ("auto", "e4e", "projector")
 PROTECT_MODES = ("dodge", "impersonate")
 PASTE_MODES = ("delta", "replace")
@@ -146,7 +149,7 @@ class ProtectSettings:
     keep_stage_checkpoints: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.method in ("clip2protect",), "protect.method", "must be 'clip2protect' (MAP: use the map stage)")
+        _require(self.method in METHODS, "protect.method", f"must be one of {METHODS}")
         _require(self.mode in PROTECT_MODES, "protect.mode", f"must be one of {PROTECT_MODES}")
         _require(
             self.mode == "dodge" or self.target is not None, "protect.target", "impersonation needs a target photo"
@@ -157,6 +160,78 @@ class ProtectSettings:
         _require(self.output_format in OUTPUT_FORMATS, "protect.output_format", f"must be one of {OUTPUT_FORMATS}")
         _require(1 <= self.jpeg_quality <= 100, "protect.jpeg_quality", "must be in [1, 100]")
         _require(self.max_faces >= 1, "protect.max_faces", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class ScoreNetworkShape:
+    """Layout of the score network built without weights (``map.network: null``); defaults: the CelebA-HQ 256 one.
+
+    A weight-less network is a seeded random init (``init_seed``) of this layout, so every run builds the same one.
+    """
+
+    ch: int = 128
+    ch_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4, 4])
+    num_res_blocks: int = 2
+    attn_resolutions: list[int] = field(default_factory=lambda: [16])
+    resolution: int = 256
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            self.ddpm_config()
+        except ConfigError as err:
+            raise ConfigError(f"config key 'map.unet': {err}") from err
+
+    def ddpm_config(self) -> DDPMConfig:
+        """The UNet layout (checked: channel groups, levels, attention resolutions)."""
+        return DDPMConfig(
+            ch=self.ch,
+            ch_mult=tuple(self.ch_mult),
+            num_res_blocks=self.num_res_blocks,
+            attn_resolutions=tuple(self.attn_resolutions),
+            resolution=self.resolution,
+        )
+
+
+@dataclass(frozen=True)
+class MapSettings(ScoreFinetuneConfig):
+    """MAP (``protect.method: map``): every fine-tuning option of :class:`ScoreFinetuneConfig`, plus the job's own.
+
+    ``identity_mode`` follows ``protect.mode`` (set that, or pass --target); ``expression`` must be one of the
+    expression model's classes. ``network`` is a registry name (the CelebA-HQ 256 DDPM) or null for a seeded network
+    without weights of shape ``unet`` (same code path, no face prior).
+    """
+
+    network: str | None = "ddpm_celebahq_256"
+    unet: ScoreNetworkShape = field(default_factory=ScoreNetworkShape)
+    # Fine-tuning steps per face, and how often the resumable checkpoint is written (protect.keep_stage_checkpoints).
+    steps: int = 40
+    checkpoint_every: int = 10
+    # Side of the square face crop the network sees, relative to the detector box's larger side.
+    crop_scale: float = FACE_CROP_SCALE
+
+    def __post_init__(self) -> None:
+        from facecloak.losses.expression import expression_index
+        from facecloak.registry.entries import get_entry
+
+        super().__post_init__()
+        try:
+            expression_index(self.expression)
+        except ConfigError as err:
+            raise ConfigError(f"config key 'map.expression': {err}") from err
+        _require(self.steps >= 1, "map.steps", "must be at least 1")
+        _require(self.checkpoint_every >= 1, "map.checkpoint_every", "must be at least 1")
+        _require(self.crop_scale >= 1.0, "map.crop_scale", "must be at least 1 (the crop holds the whole face box)")
+        if self.network is not None:
+            try:
+                kind = get_entry(self.network).kind
+            except ConfigError as err:
+                raise ConfigError(f"config key 'map.network': {err}") from err
+            _require(kind == "diffusion", "map.network", f"'{self.network}' is not a diffusion score network")
+
+    def finetune_config(self) -> ScoreFinetuneConfig:
+        """The fine-tuning stage's own options (this section without the job's keys)."""
+        return ScoreFinetuneConfig(**{f.name: getattr(self, f.name) for f in fields(ScoreFinetuneConfig)})
 
 
 @dataclass
@@ -172,6 +247,7 @@ class AppConfig:
     pivot: PivotTuningConfig = field(default_factory=PivotTuningConfig)
     search: LatentSearchConfig = field(default_factory=LatentSearchConfig)
     protect: ProtectSettings = field(default_factory=ProtectSettings)
+    map: MapSettings = field(default_factory=MapSettings)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
@@ -181,3 +257,12 @@ class AppConfig:
             "device",
             "must be 'cpu', 'cuda', 'cuda:N' or 'mps'",
         )
+        # MAP's identity objective is the job's protect.mode; an explicit, different map.identity_mode is refused.
+        if self.map.identity_mode != self.protect.mode:
+            default = ScoreFinetuneConfig.identity_mode
+            _require(
+                self.map.identity_mode == default,
+                "map.identity_mode",
+                f"follows protect.mode ('{self.protect.mode}'); set protect.mode (or --target) instead",
+            )
+            self.map = replace(self.map, identity_mode=self.protect.mode)

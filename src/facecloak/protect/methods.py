@@ -6,11 +6,17 @@ from pathlib import Path
 from typing import Any
 
 from facecloak.config.schema import AppConfig
-from facecloak.protect.pipeline import Protector
+from facecloak.protect.pipeline import PhotoProtector
 
 
 def build_protector(
     config: AppConfig, stage_dir: Path | None = None, logger: Any = None, callbacks: list[Any] | None = None
-) -> Protector:
+) -> PhotoProtector:
     """The protector for ``config.protect.method`` (networks loaded once per job)."""
+    if config.protect.method == "map":
+        from facecloak.protect.map_method import MapProtector
+
+        return MapProtector(config, stage_dir=stage_dir, logger=logger, callbacks=callbacks)
+    from facecloak.protect.pipeline import Protector
+
     return Protector(config, stage_dir=stage_dir, logger=logger, callbacks=callbacks)

@@ -1,9 +1,13 @@
-"""`facecloak protect`: detect → align → invert → pivot-tune → adversarial latent search → paste back.
+"""`facecloak protect`: detect → protect each face → paste back → save → judge the saved file → record.
 
-Every face of every photo goes through CLIP2Protect's two stages with a fresh generator state and optimizer; the
-protected render is pasted back into the original full photo, which is then saved without metadata and judged
-again *from the saved file* by every attacked and held-out face-recognition model, so the numbers in the record
-describe exactly what the user shares.
+The per-photo flow is shared by every protection method (:class:`PhotoProtector`): each detected face goes through
+the method's :meth:`~PhotoProtector.protect_face` hook, which returns a protected crop and how it was cut; the crop is
+pasted back into the original full photo, which is then saved without metadata and judged again *from the saved
+file* by every attacked and held-out face-recognition model, so the numbers in the record describe exactly what the
+user shares.
+
+CLIP2Protect (:class:`Protector`) is one such method: align → invert → pivot-tune → adversarial latent search, with a
+fresh generator state and optimizer per face. MAP lives in :mod:`facecloak.protect.map_method`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import logging
 import re
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -107,26 +112,76 @@ class AlignedWork:
     """Face area in crop pixels (hull of the 68 landmarks plus forehead): the only part paste-back changes."""
 
 
-class FaceInverter:
-    """Stage 1 for full photos: detector, base generator and encoder, loaded once per job."""
+@dataclass
+class FaceProtection:
+    """What a method returns for one face: the protected crop, how it was cut from the photo, and its record."""
 
-    def __init__(self, config: AppConfig, stage_dir: Path | None = None, logger: Any = None) -> None:
-        from facecloak.stages.artifacts import base_fingerprint
+    crop: np.ndarray
+    """Protected crop, uint8 H×W×3 RGB."""
+    matrix: np.ndarray
+    """Photo → crop affine matrix (2×3) the crop was cut with."""
+    reference_crop: np.ndarray
+    """The crop as cut before protection (uint8): delta paste-back adds ``crop − reference_crop`` to the photo."""
+    face_region: np.ndarray | None
+    """Face area in crop pixels (0/1): the only part paste-back changes; None: the whole crop."""
+    record: dict[str, Any]
+    """Method-specific entries of the face's record (stage metrics, similarities on the render, …)."""
 
+
+class PhotoJob:
+    """What every per-photo job loads once: its config, the face detector, and how its stages build Trainers."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        stage_dir: Path | None = None,
+        logger: Any = None,
+        callbacks: list[Any] | None = None,
+    ) -> None:
         self.config = config
         self.device = torch.device(config.device)
         self.stage_dir = stage_dir
         self.logger = logger
+        self.callbacks = list(callbacks or [])
         self.detector = detector_from_config(config.faces, config.device)
-        self.generator, self.latent_avg = build_generator(config.generator)
-        self.generator.to(self.device)
-        self.notes = [] if config.generator.weights else [NO_FACE_PRIOR_NOTE]
-        self.encoder = self._encoder()
-        self.fingerprint = base_fingerprint(self.generator)
+        self.notes: list[str] = []  # caveats every record of the job carries (e.g. networks without weights)
 
     def faces_of(self, photo: Photo) -> list[Face]:
         """Every face of a photo (up to ``protect.max_faces``), largest first."""
         return detect_with_config(photo.rgb, self.detector, self.config.faces)[: self.config.protect.max_faces]
+
+    def _trainer_kwargs(self) -> dict[str, Any]:
+        """One device per photo (a multi-rank job splits photos between ranks, never one photo's gradients)."""
+        trainer = self.config.trainer
+        return {
+            "accelerator": trainer.accelerator,
+            "precision": trainer.precision,
+            "enable_progress_bar": False,  # the job's own bar shows photos, stage, step and losses
+            "logger": self.logger or False,
+            "log_every_n_steps": trainer.log_every_n_steps,
+            "callbacks": list(self.callbacks),
+        }
+
+
+class FaceInverter(PhotoJob):
+    """Stage 1 for full photos: detector, base generator and encoder, loaded once per job."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        stage_dir: Path | None = None,
+        logger: Any = None,
+        callbacks: list[Any] | None = None,
+    ) -> None:
+        from facecloak.stages.artifacts import base_fingerprint
+
+        super().__init__(config, stage_dir, logger, callbacks)
+        self.generator, self.latent_avg = build_generator(config.generator)
+        self.generator.to(self.device)
+        if not config.generator.weights:
+            self.notes.append(NO_FACE_PRIOR_NOTE)
+        self.encoder = self._encoder()
+        self.fingerprint = base_fingerprint(self.generator)
 
     def _encoder(self) -> torch.nn.Module | None:
         """e4e when asked for or available for the FFHQ generator; otherwise the optimisation projector."""
@@ -192,21 +247,23 @@ class FaceInverter:
             face_id, result.pivot, result.noise, apply_deltas(self.generator, result.deltas), result.metrics
         )
 
-    def _trainer_kwargs(self) -> dict[str, Any]:
-        trainer = self.config.trainer
-        return {
-            "accelerator": trainer.accelerator,
-            "precision": trainer.precision,
-            "enable_progress_bar": trainer.progress_bar,
-            "logger": self.logger or False,
-        }
 
+class PhotoProtector(PhotoJob, ABC):
+    """The per-photo flow every protection method shares; a method implements :meth:`protect_face`.
 
-class Protector(FaceInverter):
-    """Everything a protection job loads once: stage 1's networks plus FR models, thresholds and the target."""
+    A method loads its own networks first, then calls :meth:`_load_judges` (FR models, thresholds and, when
+    impersonating, the target, whose embedding for the attack goes through the method's :meth:`embed_target`).
+    """
 
-    def __init__(self, config: AppConfig, stage_dir: Path | None = None, logger: Any = None) -> None:
-        super().__init__(config, stage_dir, logger)
+    attacked: list[FaceEmbedder]
+    held_out: list[FaceEmbedder]
+    identity: AdversarialIdentityLoss
+    thresholds: dict[str, Any]
+    target: dict[str, torch.Tensor] | None
+
+    def _load_judges(self) -> None:
+        """FR models (attacked and held out), their thresholds, the identity loss, and the target if any."""
+        config = self.config
         self.attacked = [load_fr_model(n, config.device) for n in config.fr.attacked]
         self.held_out = [load_fr_model(n, config.device) for n in config.fr.held_out]
         self.identity = AdversarialIdentityLoss(self.attacked, cast(Mode, config.protect.mode))
@@ -222,9 +279,7 @@ class Protector(FaceInverter):
         faces = detect_with_config(photo.rgb, self.detector, self.config.faces)
         if not faces:
             raise NoFaceError(f"no face found in the target photo {self.config.protect.target}")
-        work = self.align(photo, faces[0])
-        with torch.no_grad():
-            embedded = self.identity.embed(work.crop01, work.landmarks5)
+        embedded = self.embed_target(photo, faces[0])
         self._target_rgb = {m.name: crop_for_template(photo.rgb, faces[0], m.template) for m in self.all_models}
         return embedded
 
@@ -233,43 +288,18 @@ class Protector(FaceInverter):
         """Attacked then held-out models."""
         return self.attacked + self.held_out
 
-    # --- per face ---
+    # --- the method's hooks ---
 
-    def search(self, work: AlignedWork, stage1: Any, face_id: str) -> Any:
-        """Stage 2 for one face: the adversarial latent search on its tuned generator."""
-        from facecloak.stages.latent_search import search_latents
+    @abstractmethod
+    def embed_target(self, photo: Photo, face: Face) -> dict[str, torch.Tensor]:
+        """The target's embeddings under the attacked models, from the kind of crop this method protects."""
 
-        tuned = stage1.generator.to(self.device)
-        pivot = stage1.pivot[None].to(self.device)
-        noise = [n.to(self.device) for n in stage1.noise]
-        with torch.no_grad():
-            source = self.identity.embed(work.crop01, work.landmarks5)
-        reference = IdentityReference(source=source, target=self.target)
-        thresholds = {m.name: self.thresholds[m.name].value for m in self.attacked}
-        search_config = replace(self.config.search, identity_mode=self.config.protect.mode)
-        # Delta paste-back: the search judges the real crop plus the render's change, i.e. the shared pixels.
-        anchor = work.crop01 if self.config.protect.paste == "delta" else None
-        change_mask = None
-        if anchor is not None and work.face_region is not None:
-            from facecloak.faces.pasteback import feather_mask
+    @abstractmethod
+    def protect_face(self, photo: Photo, face: Face, face_id: str) -> FaceProtection:
+        """Protect one detected face of ``photo``; ``face_id`` names its resumable stage state."""
 
-            weights = feather_mask(work.face_region.shape, self.config.protect.feather, work.face_region)
-            change_mask = torch.from_numpy(weights)[None, None].to(self.device)
-        [result] = search_latents(
-            tuned,
-            pivot,
-            noise,
-            work.landmarks5,
-            [face_id],
-            self.identity,
-            reference,
-            thresholds,
-            search_config,
-            self._trainer_kwargs(),
-            anchor=anchor,
-            change_mask=change_mask,
-        )
-        return result
+    def judge_face(self, original: Photo, saved_rgb: np.ndarray, face: Face, record: dict[str, Any]) -> None:
+        """Method-specific measurements of one face on the saved photo, added to its record (default: none)."""
 
     # --- per photo ---
 
@@ -283,36 +313,22 @@ class Protector(FaceInverter):
         protected = photo.rgb
         face_records = []
         for index, face in enumerate(faces):
-            face_id = f"{image_id}_face{index}"
-            work = self.align(photo, face)
-            stage1 = self.invert_and_tune(work, face_id)
-            result = self.search(work, stage1, face_id)
-            crop = to_uint8(result.image)
+            result = self.protect_face(photo, face, f"{image_id}_face{index}")
             protected = paste_back(
                 protected,
-                crop,
-                work.aligned.matrix,
+                result.crop,
+                result.matrix,
                 self.config.protect.feather,
-                reference_crop=work.aligned.crop,
-                mask=work.face_region,
+                reference_crop=result.reference_crop,
+                mask=result.face_region,
                 mode=self.config.protect.paste,
             )
-            face_records.append(
-                {
-                    "face": index,
-                    "box": list(face.box),
-                    "stage1": stage1.metrics,
-                    "search": {
-                        "success_on_render": result.success,
-                        "stopped_at": result.stopped_at,
-                        "similarities_before": result.similarities_before,
-                        "similarities_after": result.similarities_after,
-                    },
-                }
-            )
+            face_records.append({"face": index, "box": list(face.box), **result.record})
         outputs = self._write_outputs(photo, protected, image_id, out_dir)
         judged = load_photo(outputs["photo"], max_side=None)  # judge exactly what was written
         self._judge(photo, judged.rgb, faces, face_records)
+        for face, face_record in zip(faces, face_records):
+            self.judge_face(photo, judged.rgb, face, face_record)
         record = {
             "image_id": image_id,
             "source": str(path),
@@ -364,6 +380,85 @@ class Protector(FaceInverter):
                     "passes": bool(passes),
                 }
             record["fr"] = verdicts
+
+
+class Protector(FaceInverter, PhotoProtector):
+    """CLIP2Protect: stage 1's networks (generator, encoder) plus the shared judges, loaded once per job."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        stage_dir: Path | None = None,
+        logger: Any = None,
+        callbacks: list[Any] | None = None,
+    ) -> None:
+        super().__init__(config, stage_dir, logger, callbacks)
+        self._load_judges()
+
+    def embed_target(self, photo: Photo, face: Face) -> dict[str, torch.Tensor]:
+        """The target's embeddings on its FFHQ-aligned crop, as the search sees faces."""
+        work = self.align(photo, face)
+        with torch.no_grad():
+            return self.identity.embed(work.crop01, work.landmarks5)
+
+    # --- per face ---
+
+    def protect_face(self, photo: Photo, face: Face, face_id: str) -> FaceProtection:
+        """Align, invert and pivot-tune (stage 1), then the adversarial latent search (stage 2)."""
+        work = self.align(photo, face)
+        stage1 = self.invert_and_tune(work, face_id)
+        result = self.search(work, stage1, face_id)
+        return FaceProtection(
+            crop=to_uint8(result.image),
+            matrix=work.aligned.matrix,
+            reference_crop=work.aligned.crop,
+            face_region=work.face_region,
+            record={
+                "stage1": stage1.metrics,
+                "search": {
+                    "success_on_render": result.success,
+                    "stopped_at": result.stopped_at,
+                    "similarities_before": result.similarities_before,
+                    "similarities_after": result.similarities_after,
+                },
+            },
+        )
+
+    def search(self, work: AlignedWork, stage1: Any, face_id: str) -> Any:
+        """Stage 2 for one face: the adversarial latent search on its tuned generator."""
+        from facecloak.stages.latent_search import search_latents
+
+        tuned = stage1.generator.to(self.device)
+        pivot = stage1.pivot[None].to(self.device)
+        noise = [n.to(self.device) for n in stage1.noise]
+        with torch.no_grad():
+            source = self.identity.embed(work.crop01, work.landmarks5)
+        reference = IdentityReference(source=source, target=self.target)
+        thresholds = {m.name: self.thresholds[m.name].value for m in self.attacked}
+        search_config = replace(self.config.search, identity_mode=self.config.protect.mode)
+        # Delta paste-back: the search judges the real crop plus the render's change, i.e. the shared pixels.
+        anchor = work.crop01 if self.config.protect.paste == "delta" else None
+        change_mask = None
+        if anchor is not None and work.face_region is not None:
+            from facecloak.faces.pasteback import feather_mask
+
+            weights = feather_mask(work.face_region.shape, self.config.protect.feather, work.face_region)
+            change_mask = torch.from_numpy(weights)[None, None].to(self.device)
+        [result] = search_latents(
+            tuned,
+            pivot,
+            noise,
+            work.landmarks5,
+            [face_id],
+            self.identity,
+            reference,
+            thresholds,
+            search_config,
+            self._trainer_kwargs(),
+            anchor=anchor,
+            change_mask=change_mask,
+        )
+        return result
 
 
 def _embed(model: FaceEmbedder, crop: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -29,6 +29,10 @@ def result_affecting_config(config: AppConfig) -> dict[str, Any]:
     """The resolved config minus settings that do not change results (logging, progress bars, rank layout)."""
     plain = to_plain(config)
     plain.pop("logger", None)
+    # Only the running method's sections count (a job's fingerprint must not change with the other method's).
+    unused = ("generator", "pivot", "search") if config.protect.method == "map" else ("map",)
+    for section in unused:
+        plain.pop(section, None)
     for key in ("progress_bar", "devices", "num_nodes", "strategy", "log_every_n_steps", "barrier_timeout_s"):
         plain.get("trainer", {}).pop(key, None)
     return plain

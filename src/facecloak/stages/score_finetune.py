@@ -16,6 +16,11 @@ The identity and expression gradients are combined by conflict projection
 (:class:`~facecloak.losses.gradient_projection.GradientProjector`, PCGrad with optional EMA); the naturalness
 gradient is added on top. Optimisation is manual for that reason.
 
+With ``composite`` (:func:`prepare_finetune_faces`) the losses judge the face as the protection pipeline will share
+it rather than the bare regeneration: the real crop, at any resolution, plus the regeneration's change upsampled and
+under the paste-back mask. That is what lets a network without a face prior (one that cannot reproduce the photo)
+still carry the edit, and what keeps a low-resolution network's edit effective on the sharp photo.
+
 The network weights are shared by all images, so data-parallel training is possible: each rank regenerates its own
 images and the per-objective gradients are averaged over ranks *before* projection (same result as one large
 batch). Frozen judges (face-recognition models, expression and landmark nets) are held outside the registered
@@ -24,10 +29,12 @@ submodules, in eval mode, so checkpoints hold only the score network (and the op
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import lightning as L
 import numpy as np
@@ -36,7 +43,7 @@ import torch.nn.functional as F
 from kornia.losses import ssim_loss
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from facecloak.config.strict import from_plain_dict
 from facecloak.diffusion import GradMode, NoiseSchedule, ddim_generate, ddim_invert
@@ -58,6 +65,9 @@ background, roughly the framing of the CelebA-HQ images the reference score netw
 
 SEED_STRIDE = 1_000_003
 """Separates the per-step random streams of different seeds (a prime, so seed·stride + step never collides early)."""
+
+Composite = Literal["delta", "replace"]
+"""How a regenerated face enters the shared photo (as in ``protect.paste``): its change, or the face itself."""
 
 
 # --- configuration ---------------------------------------------------------------------------------------------------
@@ -199,16 +209,34 @@ def prepare_finetune_faces(
     landmark_net: nn.Module | None = None,
     target_embeddings: Mapping[str, torch.Tensor] | None = None,
     schedule: NoiseSchedule | None = None,
+    composite: Composite | None = None,
+    change_mask: torch.Tensor | None = None,
 ) -> FinetuneFaces:
     """Invert the photos with the network *before* fine-tuning and gather every fixed reference the losses need.
 
-    ``images01`` are ``[N, 3, R, R]`` face photos in [0, 1] at the network's resolution and ``landmarks5`` their
-    five landmarks in those pixels. ``target_embeddings`` (per model, ``[D]`` or ``[N, D]``) are needed for
-    impersonation.
+    ``images01`` are ``[N, 3, S, S]`` square face photos in [0, 1] and ``landmarks5`` their five landmarks in those
+    pixels; ``S`` is the network's resolution ``R`` unless the photos are composited. ``target_embeddings`` (per
+    model, ``[D]`` or ``[N, D]``) are needed for impersonation.
+
+    ``composite`` makes the losses judge what paste-back will share instead of the bare regeneration:
+    ``"delta"`` adds the change (regeneration by the tuned network minus the regeneration by this network, before
+    fine-tuning) to the real photo, ``"replace"`` blends in the regeneration itself; both upsampled from ``R`` to
+    ``S`` and under ``change_mask`` (``[N, 1, S, S]`` weights in [0, 1]; default: everywhere). The network then sees
+    the photos downsampled to ``R``. See :meth:`ScoreFinetune.composite`.
     """
     schedule = schedule or NoiseSchedule()
     n = images01.shape[0]
-    x0 = images01 * 2.0 - 1.0
+    size = unet.config.resolution
+    if tuple(images01.shape[-2:]) == (size, size):
+        network_images = images01
+    elif composite is not None:
+        network_images = F.interpolate(images01, size=(size, size), mode="area")  # antialiased, like a photo crop
+    else:
+        raise ConfigError(
+            f"photos of {list(images01.shape[-2:])} pixels need a composite mode; without one they must be at the "
+            f"network's resolution {size}"
+        )
+    x0 = network_images * 2.0 - 1.0
     was_training = unet.training
     unet.eval()
     x_t0 = ddim_invert(unet, schedule, x0, t0=config.t0, num_steps=config.inversion_steps)
@@ -232,7 +260,46 @@ def prepare_finetune_faces(
         reference = landmark_net(faceapi_crop(images01, boxes))
         tensors["laplacian"] = mesh_laplacian(reference).to(images01)
         tensors["delta"] = laplacian_coordinates(reference, tensors["laplacian"], config.landmark_scale_invariant)
+    if composite is not None:
+        tensors.update(_composite_tensors(unet, images01, x_t0, config, schedule, composite, change_mask))
+    elif change_mask is not None:
+        raise ConfigError("a change mask needs a composite mode ('delta' or 'replace') to apply it to")
     return FinetuneFaces(tensors)
+
+
+def _composite_tensors(
+    unet: DDPMUNet,
+    images01: torch.Tensor,
+    x_t0: torch.Tensor,
+    config: ScoreFinetuneConfig,
+    schedule: NoiseSchedule,
+    composite: str,
+    change_mask: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """``photo`` and ``mask`` at the photos' resolution, and for delta the ``base`` regeneration before tuning."""
+    if composite not in get_args(Composite):
+        raise ConfigError(f"composite={composite!r} must be one of {list(get_args(Composite))}")
+    n, _, height, width = images01.shape
+    mask = torch.ones(n, 1, height, width) if change_mask is None else change_mask
+    if mask.shape != (n, 1, height, width):
+        raise ConfigError(f"change mask must have shape {[n, 1, height, width]}, got {list(mask.shape)}")
+    tensors = {"photo": images01, "mask": mask.to(images01)}
+    if composite == "delta":
+        was_training = unet.training
+        unet.eval()
+        regenerated = ddim_generate(
+            unet, schedule, x_t0, t0=config.t0, num_steps=config.generation_steps, grad_mode="none"
+        )
+        unet.train(was_training)
+        tensors["base"] = (regenerated + 1.0) / 2.0
+    return tensors
+
+
+def _resize_like(images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``images`` at ``like``'s height and width (bicubic, differentiable); unchanged when they already match."""
+    if images.shape[-2:] == like.shape[-2:]:
+        return images
+    return F.interpolate(images, size=tuple(like.shape[-2:]), mode="bicubic", align_corners=False)
 
 
 # --- the Lightning module --------------------------------------------------------------------------------------------
@@ -327,6 +394,23 @@ class ScoreFinetune(L.LightningModule):
         x = ddim_generate(self.unet, self.schedule, x_t0, t0=c.t0, num_steps=c.generation_steps, grad_mode=grad_mode)
         return (x + 1.0) / 2.0
 
+    def composite(self, regenerated01: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The face as the photo will show it, ``photo + mask · (shown − photo)``, when the batch has a composite.
+
+        Delta: ``shown`` is the photo plus the change fine-tuning made (regeneration minus ``base``, the
+        regeneration before fine-tuning), so an untouched network changes nothing, even one that cannot reproduce
+        the face. Replace: ``shown`` is the regeneration. Either is upsampled bicubically to the photo's resolution,
+        as paste-back does. Without a composite, the bare regeneration.
+        """
+        if "photo" not in batch:
+            return regenerated01
+        photo = batch["photo"]
+        if "base" in batch:
+            shown = photo + _resize_like(regenerated01 - batch["base"], photo)
+        else:
+            shown = _resize_like(regenerated01, photo)
+        return photo + batch["mask"] * (shown - photo)
+
     def score_matching_loss(self, x0: torch.Tensor) -> torch.Tensor:
         """ε-prediction MSE at random timesteps; the randomness depends only on (seed, step), so resuming is exact."""
         generator = torch.Generator().manual_seed(self.config.seed * SEED_STRIDE + self.global_step)
@@ -340,8 +424,8 @@ class ScoreFinetune(L.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted identity, expression and naturalness losses of one batch, plus the unweighted terms to log."""
         w = self.config.weights
-        images01 = self.regenerate(batch["x_t0"])
-        original01 = (batch["x0"] + 1.0) / 2.0
+        images01 = self.composite(self.regenerate(batch["x_t0"]), batch)
+        original01 = batch["photo"] if "photo" in batch else (batch["x0"] + 1.0) / 2.0
         reference = IdentityReference(source=batch["source"], target=batch.get("target"))
         identity, sims = self.judges.identity(images01, batch["landmarks5"], reference)
         logits = self.judges.expression.logits(images01, batch["boxes"])
@@ -410,6 +494,98 @@ class ScoreFinetune(L.LightningModule):
         if self.trainer.world_size <= 1:
             return flat
         return self.trainer.strategy.reduce(flat, reduce_op="mean")
+
+
+# --- fitting, with resumable checkpoints -----------------------------------------------------------------------------
+
+
+FIT_DEFAULTS: dict[str, Any] = {
+    "accelerator": "auto",
+    "devices": 1,
+    "max_epochs": -1,
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+}
+"""Trainer settings of a fine-tuning run; ``trainer_kwargs`` override them (the step count comes from the caller)."""
+
+CHECKPOINT_STEM = "finetune"
+"""File name (``finetune.ckpt``) of the resumable Lightning checkpoint in a fit's checkpoint folder."""
+
+EXPECTED_WARNINGS = (
+    "does not have many workers",
+    "smaller than the logging interval",
+    "in eval mode at the start",
+    "`max_epochs` was not set",
+    "exists and is not empty",
+    "manual optimization and every_n_train_steps",
+)
+"""Lightning warnings that do not apply here: one in-memory batch, frozen judges kept in eval mode, a checkpoint
+folder that is meant to be resumed from, and checkpoints taken after the step's update (which is the state to resume
+from: its step count, Adam moments and gradient EMA all include that update)."""
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What a fine-tuning call did: where it started, where it stopped, its last logged values, its checkpoint."""
+
+    start_step: int
+    end_step: int
+    metrics: dict[str, float]
+    checkpoint: Path | None
+
+
+def fit_score_finetune(
+    module: ScoreFinetune,
+    data: FinetuneFaces,
+    steps: int,
+    trainer_kwargs: Mapping[str, Any] | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 10,
+) -> FitReport:
+    """Fine-tune ``module`` on ``data`` (all of it in one batch) until ``steps`` optimisation steps are done.
+
+    With ``checkpoint_dir``, a Lightning checkpoint (network, Adam moments, gradient EMA, step count) is written
+    every ``checkpoint_every`` steps and at the end, and a call that finds one there continues from it: the
+    per-step randomness depends only on (seed, step), so an interrupted and resumed fit ends with the weights of an
+    uninterrupted one. A checkpoint already at ``steps`` is only loaded.
+    """
+    if steps < 1 or checkpoint_every < 1:
+        raise ConfigError(f"map.steps={steps} and map.checkpoint_every={checkpoint_every} must be at least 1")
+    kwargs = {**FIT_DEFAULTS, **(trainer_kwargs or {})}
+    if "max_steps" in kwargs:
+        raise ConfigError("set the number of fine-tuning steps with map.steps, not trainer max_steps")
+    callbacks = list(kwargs.pop("callbacks", None) or [])
+    checkpoint = None if checkpoint_dir is None else checkpoint_dir / f"{CHECKPOINT_STEM}.ckpt"
+    if checkpoint_dir is not None:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        saver = ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            filename=CHECKPOINT_STEM,
+            every_n_train_steps=checkpoint_every,
+            enable_version_counter=False,  # overwrite the one checkpoint (Lightning writes it atomically)
+        )
+        callbacks.append(saver)
+        kwargs.update(enable_checkpointing=True, default_root_dir=checkpoint_dir)
+    resume = checkpoint if checkpoint is not None and checkpoint.exists() else None
+    start_step = checkpoint_step(resume) if resume is not None else 0
+    trainer = L.Trainer(max_steps=steps, callbacks=callbacks, **kwargs)
+    with warnings.catch_warnings():
+        for expected in EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=f".*{re.escape(expected)}.*")
+        trainer.fit(module, DataLoader(data, batch_size=len(data), shuffle=False), ckpt_path=resume)
+    if checkpoint is not None and trainer.global_step % checkpoint_every:  # the last step fell between two saves
+        trainer.save_checkpoint(checkpoint, weights_only=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return FitReport(start_step, trainer.global_step, metrics, checkpoint)
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a Lightning checkpoint was saved at, read without loading its tensors (memory-mapped)."""
+    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
 
 
 # --- protecting new photos -------------------------------------------------------------------------------------------

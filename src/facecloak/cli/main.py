@@ -20,7 +20,7 @@ Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Na
 
 
 def _commands() -> dict[str, tuple[str, Command]]:
-    from facecloak.cli import evaluate_cmd, faces_cmd, fr_cmd, protect_cmd, stage_cmd, weights_cmd
+    from facecloak.cli import evaluate_cmd, faces_cmd, fr_cmd, protect_cmd, stage_cmd, sweep_cmd, weights_cmd
 
     return {
         "protect": ("protect the faces in full photos from face recognition", protect_cmd.COMMAND),
@@ -31,6 +31,7 @@ def _commands() -> dict[str, tuple[str, Command]]:
         "embed": ("embed the faces in photos with face-recognition models", faces_cmd.EMBED),
         "fr": ("face-recognition tools: calibrate thresholds on a labelled photo set", fr_cmd.COMMAND),
         "evaluate": ("compare protection methods: PSR per FR model and FAR, robustness, quality", evaluate_cmd.COMMAND),
+        "sweep": ("run a hyper-parameter sweep of protection trials and rank them by a metric", sweep_cmd.COMMAND),
     }
 
 

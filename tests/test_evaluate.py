@@ -8,13 +8,19 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from facecloak.cli.main import main
 from facecloak.errors import ConfigError
 from facecloak.evaluation.harness import NO_TRANSFORM, TASKS, photo_path, select_probe_items
+from facecloak.evaluation.identification import gallery_ranks, identification_summary
+from facecloak.evaluation.metered_protect import PROTECT_STAGE, STAGE1, STAGE2, StageMeter
 from facecloak.evaluation.protocol import ProtocolItem
+from facecloak.evaluation.psr import FaceEmbedding
 from facecloak.evaluation.robustness import DEFAULT_TRANSFORMS
+from facecloak.verify.metrics import identity_ranks
 from test_protect import TINY as PROTECT_TINY
 
 N_PEOPLE = 2
@@ -117,3 +123,137 @@ def test_probes_are_first_photos_of_people_with_two_or_more() -> None:
     assert [i.image_id for i in select_probe_items(items, 2)] == ["b/1", "c/1"]
     with pytest.raises(ConfigError, match="only 2 people"):
         select_probe_items(items, 3)
+
+
+def test_identification_and_cost_are_reported(run: dict) -> None:
+    report = run["report"]
+    models = [*report["models"]["attacked"], *report["models"]["held_out"]]
+    assert report["identification_ranks"] == [1, 5]
+    for method in METHODS:
+        result = report["methods"][method]
+        assert set(result["identification"]) == {NO_TRANSFORM, *DEFAULT_TRANSFORMS}
+        for model in models:
+            cell = result["identification"][NO_TRANSFORM][model]
+            assert cell["n"] == N_PEOPLE and cell["undefined"] == 0
+            assert 0.0 <= cell["rank1"] <= cell["rank5"] <= 1.0
+        for photo in result["photos"]:
+            assert all(1 <= rank <= N_PEOPLE for rank in photo["identity_rank"][NO_TRANSFORM].values())
+    # Clean photos against a gallery of two people, with the offline models: found at rank 5 by construction.
+    assert all(report["methods"]["clean"]["identification"][NO_TRANSFORM][m]["rank5"] == 1.0 for m in models)
+    stages = {"clean": ["clean"], "pgd": ["attack"], "protect": [PROTECT_STAGE, STAGE1, STAGE2]}
+    for method, names in stages.items():
+        cost = report["methods"][method]["cost"]
+        assert list(cost) == names
+        for stage in cost.values():
+            assert stage["n"] == N_PEOPLE and stage["seconds_per_image"] >= 0
+            assert stage["peak_mb_max"] > 0 and stage["peak_increase_mb_max"] >= 0
+            assert stage["memory_source"]
+        for photo in report["methods"][method]["photos"]:
+            assert set(photo["cost"]) == set(names)
+    protect = report["methods"]["protect"]["cost"]
+    assert (
+        protect[STAGE1]["seconds_per_image"] + protect[STAGE2]["seconds_per_image"]
+        <= (protect[PROTECT_STAGE]["seconds_per_image"])
+    )
+    assert protect[PROTECT_STAGE]["peak_mb_max"] >= protect[STAGE1]["peak_mb_max"]
+
+
+def test_set_quality_is_reported_or_unavailable_with_the_fetch_command(run: dict) -> None:
+    for method in METHODS:
+        quality = run["report"]["methods"][method]["quality"]
+        for region in ("face", "photo"):
+            for metric in ("fid", "kid"):
+                value = quality[region][metric]
+                assert isinstance(value, float) or "facecloak weights fetch fid_inception" in value["unavailable"]
+
+
+def test_markdown_has_identification_set_quality_and_cost_tables(run: dict) -> None:
+    markdown = (run["out"] / "report.md").read_text()
+    report = run["report"]
+    held = report["models"]["held_out"][0]
+    assert "## Identification" in markdown
+    header = next(line for line in markdown.splitlines() if "rank-1" in line)
+    for model in report["models"]["attacked"]:
+        assert f"| {model} rank-1 | {model} rank-5 |" in header
+    assert f"{held} (held out) rank-1" in header
+    assert "| face FID | face KID | photo FID | photo KID |" in markdown
+    assert "| method | stage | s / photo | peak MB (max) |" in markdown
+    for stage in (PROTECT_STAGE, STAGE1, STAGE2):
+        assert f"| protect | {stage} |" in markdown
+
+
+def _face(image_id: str, person: str, *vector: float) -> FaceEmbedding:
+    return FaceEmbedding(image_id, np.array(vector), person)
+
+
+GALLERY = [
+    _face("a/1", "a", 1.0, 0.0, 0.0),  # the probe's own original: never part of its gallery
+    _face("a/2", "a", 0.9, 0.1, 0.0),
+    _face("b/1", "b", 0.0, 1.0, 0.0),
+    _face("b/2", "b", 0.1, 0.9, 0.1),
+    _face("c/1", "c", 0.0, 0.0, 1.0),
+]
+
+
+def test_probe_identical_to_its_own_gallery_photo_is_rank_one() -> None:
+    probe = _face("a/1", "a", 0.9, 0.1, 0.0)  # same as a/2
+    ranks = gallery_ranks([probe], GALLERY)
+    assert ranks.tolist() == [1.0]
+    assert identification_summary(ranks) == {"rank1": 1.0, "rank5": 1.0, "n": 1, "undefined": 0}
+
+
+def test_probe_moved_toward_a_distractor_drops_in_rank() -> None:
+    towards_b = _face("a/1", "a", 0.5, 0.8, 0.0)
+    towards_b_and_c = _face("a/1", "a", 0.2, 0.7, 0.7)
+    ranks = gallery_ranks([towards_b, towards_b_and_c], GALLERY)
+    assert ranks.tolist() == [2.0, 3.0]
+    assert identification_summary(ranks) == {"rank1": 0.0, "rank5": 1.0, "n": 2, "undefined": 0}
+
+
+def test_own_original_is_left_out_and_a_lone_person_is_undefined() -> None:
+    # Identical to its own original a/1 but closest to b among the rest: the original must not rescue it.
+    probe = _face("a/1", "a", 0.4, 0.9, 0.0)
+    lone = _face("c/1", "c", 0.0, 0.0, 1.0)  # c has no other photo to be found by
+    gallery = [_face("a/1", "a", 0.4, 0.9, 0.0), *GALLERY[1:]]
+    ranks = gallery_ranks([probe, lone], gallery)
+    assert ranks[0] == 2.0 and np.isnan(ranks[1])
+    assert identification_summary(ranks) == {"rank1": 0.0, "rank5": 1.0, "n": 1, "undefined": 1}
+
+
+def test_identity_ranks_score_people_by_their_best_photo_and_ties_favour_the_person() -> None:
+    similarities = np.array([[0.5, 0.9, 0.7, 0.5], [0.2, 0.3, 0.3, -np.inf]])
+    ranks = identity_ranks(similarities, ["a", "c"], ["a", "b", "b", "c"])
+    assert np.isnan(ranks[1])  # c's only photo is excluded (-inf)
+    assert ranks[0] == 2.0
+    tied = identity_ranks(np.array([[0.7, 0.7]]), ["a"], ["a", "b"])
+    assert tied.tolist() == [1.0]
+
+
+class _TwoStageMethod:
+    """The shape of a protector with CLIP2Protect's stage methods, one calling the other as ``protect_face`` does."""
+
+    def invert_and_tune(self, x: int) -> int:
+        return x + 1
+
+    def search(self, x: int) -> int:
+        return 2 * x
+
+    def protect_face(self, x: int) -> int:
+        return self.search(self.invert_and_tune(x))
+
+
+class _OneStepMethod:
+    def protect_face(self, x: int) -> int:
+        return x
+
+
+def test_stage_meter_measures_the_stage_methods_a_protector_has() -> None:
+    method = _TwoStageMethod()
+    meter = StageMeter(method, torch.device("cpu"))
+    for _ in range(2):  # two faces of one photo
+        assert method.protect_face(3) == 8
+    assert list(meter.costs.stages) == [STAGE1, STAGE2]
+    assert all(cost.seconds > 0 for cost in meter.costs.stages.values())
+    plain = _OneStepMethod()
+    meter = StageMeter(plain, torch.device("cpu"))
+    assert plain.protect_face(3) == 3 and meter.costs.stages == {}  # measured per photo only

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 from scipy import signal
 
 from facecloak.errors import ConfigError
 from facecloak.evaluation import quality
-from facecloak.evaluation.quality import QUALITY_METRICS, gmsd, haarpsi, measure_quality, ms_ssim_scales
+from facecloak.evaluation.quality import (
+    QUALITY_METRICS,
+    gmsd,
+    haarpsi,
+    measure_photo_set,
+    measure_quality,
+    ms_ssim_scales,
+)
+from facecloak.registry.entries import get_entry
 from facecloak.registry.store import is_available
 
 
@@ -233,11 +243,81 @@ def test_lpips_reported_unavailable_with_fetch_command_or_computed():
         assert "run: facecloak weights fetch lpips_vgg" in result["reason"]
 
 
-def test_fid_needs_weights_and_package():
+def _fid_weights_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make ``home`` the only place the registry looks for weights; return where ``fid_inception`` belongs there."""
+    monkeypatch.setenv("FACECLOAK_CHECKPOINTS", str(home))
+    monkeypatch.setenv("FACECLOAK_WEIGHTS_PATH", "")
+    monkeypatch.setenv("FACECLOAK_SHARED", str(home / "no-shared"))
+    [file] = get_entry("fid_inception").files
+    return home / file.path
+
+
+def test_fid_and_kid_without_weights_say_how_to_fetch_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fid_weights_home(tmp_path, monkeypatch)
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    report = measure_quality(x, x, box=(0, 0, 16, 16), metrics=["fid", "kid"])
+    for region in ("photo", "face"):
+        for name in ("fid", "kid"):
+            assert report[region][name] == {
+                "available": False,
+                "reason": "weights 'fid_inception' not found, run: facecloak weights fetch fid_inception",
+            }
+
+
+def _random_fid_inception_state_dict() -> dict[str, torch.Tensor]:
+    """A randomly initialised FID Inception in the registry file's format (pytorch-fid's: torchvision's
+    Inception-v3 with 1008 classes and no auxiliary head), He-initialised so features stay finite."""
+    torch.manual_seed(0)
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return net.state_dict()
+
+
+@pytest.mark.slow  # two FIDs: each an eigendecomposition of a 2048×2048 matrix product, ~30 s on two CPU cores
+def test_fid_and_kid_load_the_registry_file_and_measure_distance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torch_fidelity", reason="torchmetrics' Inception comes from torch-fidelity (eval extra)")
+    weights = _fid_weights_home(tmp_path, monkeypatch)
+    weights.parent.mkdir(parents=True)
+    torch.save(_random_fid_inception_state_dict(), weights)
+    assert quality.unavailable_reason(QUALITY_METRICS["fid"]) is None
+    g = torch.Generator().manual_seed(0)
+    photos = [torch.rand(1, 3, 48 + 8 * i, 64, generator=g) for i in range(3)]  # sizes differ, as real photos do
+    shifted = [(0.5 * p + 0.3).clamp(0, 1) for p in photos]
+    same = measure_photo_set(photos, photos)["photo"]
+    changed = measure_photo_set(photos, shifted)["photo"]
+    # FID of a set with itself is 0 up to round-off; KID's unbiased estimator leaves the kernel's diagonal out of
+    # the within-set terms only, so on three photos it sits slightly off 0.
+    for name, tolerance in (("fid", 1e-3), ("kid", 2e-2)):
+        assert same[name]["available"] and changed[name]["available"], (same[name], changed[name])
+        assert changed[name]["value"] > 0, name
+        assert abs(same[name]["value"]) < tolerance * changed[name]["value"], name
+    assert quality.fid_inception() is quality.fid_inception()  # loaded once per file, not once per metric
+
+
+def test_set_metrics_need_two_photos_and_matching_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch_fidelity", reason="torchmetrics' Inception comes from torch-fidelity (eval extra)")
+    weights = _fid_weights_home(tmp_path, monkeypatch)
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"never read: the set is too small to load the network")
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     result = measure_quality(x, x, metrics=["fid", "kid"])["photo"]
-    for name in ("fid", "kid"):
-        reason = quality.unavailable_reason(QUALITY_METRICS[name])
-        assert result[name]["available"] is (reason is None)
-        if reason:
-            assert "fid_inception" in reason or "torch-fidelity" in reason
+    assert result["fid"]["available"] is False and "at least 2 photos" in result["fid"]["reason"]
+    assert result["kid"]["available"] is False and "at least 2 photos" in result["kid"]["reason"]
+    with pytest.raises(ConfigError, match="one of each per photo"):
+        measure_photo_set([x, x], [x], metrics=["psnr"])
+
+
+def test_photo_set_of_mixed_sizes_measures_each_photo_and_face() -> None:
+    g = torch.Generator().manual_seed(0)
+    photos = [torch.rand(1, 3, 40, 56, generator=g).double(), torch.rand(1, 3, 64, 48, generator=g).double()]
+    noisy = [_noisy(p, 0.05, seed=i) for i, p in enumerate(photos)]
+    boxes = [(4, 4, 36, 36), (8, 16, 40, 60)]
+    report = measure_photo_set(photos, noisy, boxes, metrics=["psnr"])
+    for i, (x, y, box) in enumerate(zip(photos, noisy, boxes)):
+        assert report["photo"]["psnr"]["per_image"][i] == pytest.approx(float(quality.psnr(x, y)))
+        face = measure_quality(x, y, box=box, metrics=["psnr"])["face"]["psnr"]["value"]
+        assert report["face"]["psnr"]["per_image"][i] == pytest.approx(face)

@@ -15,18 +15,21 @@ Protocol (dodging):
    saved pixels and matched to the original box by IoU (a miss is judged at the original box and counted). PSR per
    model × FAR (:func:`facecloak.evaluation.psr.protection_success`) against the gallery (no other photo of the
    same person matches) and against the photo's own original; again after each robustness transform.
-4. Quality (face box and whole photo, :func:`facecloak.evaluation.quality.measure_quality`) and seconds per photo.
+4. Identification rank-1 / rank-5 of every protected photo per model against the gallery (the person's other
+   photos plus every other person's as distractors, :mod:`facecloak.evaluation.identification`), again after each
+   robustness transform.
+5. Quality (face box and whole photo, :func:`facecloak.evaluation.quality.measure_quality`) and cost: seconds and
+   peak memory per photo and stage (:mod:`facecloak.evaluation.cost`; ``protect`` split into its two stages).
 
 The result is plain data (``dict``) that :mod:`facecloak.evaluation.report` turns into files.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import math
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +42,8 @@ from facecloak.attacks.pixel import PIXEL_ATTACKS, PixelAttackConfig, build_pixe
 from facecloak.config.compose import resolve_data_path
 from facecloak.config.schema import AppConfig
 from facecloak.errors import ConfigError, FacecloakError
+from facecloak.evaluation.cost import CostLog, memory_source, summarise_costs
+from facecloak.evaluation.identification import RANKS, gallery_ranks, identification_summary
 from facecloak.evaluation.protocol import ProtocolItem, load_labelled_folder
 from facecloak.evaluation.psr import (
     FaceEmbedding,
@@ -51,7 +56,7 @@ from facecloak.evaluation.psr import (
     protection_success,
     similarities_to_original,
 )
-from facecloak.evaluation.quality import measure_quality
+from facecloak.evaluation.quality import measure_photo_set, measure_quality
 from facecloak.evaluation.robustness import DEFAULT_TRANSFORMS, apply_transform
 from facecloak.faces.crops import box_iou, crop_for_template, detect_with_config, detector_from_config
 from facecloak.faces.detect import Face, FaceDetector
@@ -69,6 +74,8 @@ NO_TRANSFORM = "none"
 """Robustness variant name of the protected photo as saved."""
 TASKS: tuple[Task, ...] = ("dodging_gallery", "dodging_original")
 QUALITY_METRICS = ("psnr", "ssim", "haarpsi")
+SET_QUALITY_METRICS = ("fid", "kid")
+"""Set-level quality (one value per method and region); unavailable, with the fetch command, without the weights."""
 MIN_PHOTOS_PER_PERSON = 2
 """A probe needs at least one other photo of the same person for gallery dodging to be defined."""
 SAME_FACE_MIN_IOU = 0.3
@@ -113,11 +120,12 @@ class Probe:
 
 @dataclass
 class Protected:
-    """One method's output for one probe (``rgb`` None when the method failed on it)."""
+    """One method's output for one probe (``rgb`` None when the method failed on it) and what it cost per stage."""
 
     rgb: np.ndarray | None
     seconds: float
     error: str | None = None
+    cost: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -211,8 +219,20 @@ def load_probes_and_gallery(
 MethodFn = Callable[[Sequence[Probe], AppConfig, EvaluationSettings, Path], dict[str, Protected]]
 
 
+CLEAN_STAGE = "clean"
+ATTACK_STAGE = "attack"
+
+
+def _measured(stage: str, device: str, protect: Callable[[], np.ndarray]) -> Protected:
+    """Run one probe's protection as a single measured stage."""
+    costs = CostLog()
+    with costs.stage(stage, device) as cost:
+        rgb = protect()
+    return Protected(rgb, cost.seconds, cost=costs.to_dict())
+
+
 def _clean(probes: Sequence[Probe], config: AppConfig, settings: EvaluationSettings, out: Path) -> dict[str, Protected]:
-    return {p.image_id: Protected(p.rgb.copy(), 0.0) for p in probes}
+    return {p.image_id: _measured(CLEAN_STAGE, config.device, p.rgb.copy) for p in probes}
 
 
 def _pixel_method(name: str) -> MethodFn:
@@ -220,36 +240,23 @@ def _pixel_method(name: str) -> MethodFn:
         models = [load_fr_model(m, config.device) for m in config.fr.attacked]
         attack_config = PixelAttackConfig(eps_255=settings.eps_255, steps=settings.steps, seed=settings.seed)
         attack = build_pixel_attack(name, attack_config, AdversarialIdentityLoss(models, "dodge"))
-        results = {}
-        for probe in probes:
-            started = time.perf_counter()
-            rgb = protect_photo_pixels(probe.rgb, [probe.face], attack)
-            results[probe.image_id] = Protected(rgb, time.perf_counter() - started)
-        return results
+        return {
+            probe.image_id: _measured(
+                ATTACK_STAGE, config.device, functools.partial(protect_photo_pixels, probe.rgb, [probe.face], attack)
+            )
+            for probe in probes
+        }
 
     return run
 
 
 def _protect(probes: Sequence[Probe], config: AppConfig, settings: EvaluationSettings, out: Path) -> dict:
     # Imported here: the protect pipeline brings the generator and its trainer, which the other methods never need.
-    from facecloak.protect.pipeline import image_id_for
-    from facecloak.protect.runner import run_protect_job
+    from facecloak.evaluation.metered_protect import protect_probes
 
     if config.protect.mode != "dodge":
         raise ConfigError("facecloak evaluate judges dodging; drop the protect.mode / --target override")
-    paths = {p.image_id: p.item.path for p in probes}
-    summary = run_protect_job(list(paths.values()), out, config)
-    results = {}
-    for image_id, path in paths.items():
-        job_id = image_id_for(path)
-        record_path = out / f"{job_id}.json"
-        if job_id in summary["failed"] or not record_path.is_file():
-            results[image_id] = Protected(None, 0.0, summary["failed"].get(job_id, "no record written"))
-            continue
-        record = json.loads(record_path.read_text())
-        rgb = load_photo(record["outputs"]["photo"], max_side=None).rgb  # judge exactly what the job wrote
-        results[image_id] = Protected(rgb, float(record["seconds"]))
-    return results
+    return protect_probes(probes, config, out)
 
 
 def method_runner(name: str) -> MethodFn:
@@ -282,16 +289,34 @@ def _rates(
     return out
 
 
-def _quality(original: np.ndarray, protected: np.ndarray, face: Face) -> dict[str, dict[str, Any]]:
-    def tensor(rgb: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+def _tensor01(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
 
-    box = tuple(round(v) for v in face.box)
-    report = measure_quality(tensor(original), tensor(protected), box=box, metrics=QUALITY_METRICS)  # type: ignore[arg-type]
+
+def _int_box(face: Face) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = (round(v) for v in face.box)
+    return x0, y0, x1, y1
+
+
+def _values(report: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """``{region: {metric: value or {"unavailable": reason}}}`` from a quality report."""
     return {
         region: {m: r["value"] if r["available"] else {"unavailable": r["reason"]} for m, r in metrics.items()}
         for region, metrics in report.items()
     }
+
+
+def _quality(original: np.ndarray, protected: np.ndarray, face: Face) -> dict[str, dict[str, Any]]:
+    return _values(measure_quality(_tensor01(original), _tensor01(protected), _int_box(face), QUALITY_METRICS))
+
+
+def _set_quality(probes: Sequence[Probe], protected: dict[str, Protected]) -> dict[str, dict[str, Any]]:
+    """FID and KID of a method's photos against their originals: one value per region for the whole set."""
+    outputs = [protected[p.image_id].rgb for p in probes]
+    pairs = [(_tensor01(p.rgb), _tensor01(rgb)) for p, rgb in zip(probes, outputs) if rgb is not None]
+    boxes = [_int_box(p.face) for p, rgb in zip(probes, outputs) if rgb is not None]
+    report = measure_photo_set([x for x, _ in pairs], [y for _, y in pairs], boxes, SET_QUALITY_METRICS)
+    return _values(report)
 
 
 def _mean_quality(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -309,6 +334,14 @@ def _mean_quality(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _merge_regions(*parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for region, metrics in part.items():
+            merged.setdefault(region, {}).update(metrics)
+    return merged
+
+
 def judge_method(
     probes: Sequence[Probe],
     protected: dict[str, Protected],
@@ -318,11 +351,15 @@ def judge_method(
     settings: EvaluationSettings,
     far_levels: Sequence[float],
 ) -> dict[str, Any]:
-    """PSR per robustness variant × task × model × FAR, per-photo similarities, quality and cost of one method."""
+    """Everything measured of one method: PSR, identification, per-photo similarities and ranks, quality, cost.
+
+    PSR per robustness variant × task × model × FAR; identification rank-k per variant × model.
+    """
     judged = [p for p in probes if protected[p.image_id].rgb is not None]
     originals = {p.image_id: judge.embed(p.rgb, p.face) for p in judged}
     photos: dict[str, dict[str, Any]] = {}
     psr: dict[str, Any] = {}
+    identification: dict[str, dict[str, dict[str, Any]]] = {}
     for variant in (NO_TRANSFORM, *settings.transforms):
         embeddings: dict[str, list[FaceEmbedding]] = {m.name: [] for m in judge.models}
         for probe in judged:
@@ -332,7 +369,7 @@ def judge_method(
             face, missed = judge.locate(rgb, probe.face)
             for name, vector in judge.embed(rgb, face).items():
                 embeddings[name].append(FaceEmbedding(probe.image_id, vector, probe.item.identity))
-            entry = photos.setdefault(probe.image_id, {"redetect_miss": {}, "similarity": {}})
+            entry = photos.setdefault(probe.image_id, {"redetect_miss": {}, "similarity": {}, "identity_rank": {}})
             entry["redetect_miss"][variant] = missed
         data = {
             name: ModelEmbeddings(
@@ -344,7 +381,13 @@ def judge_method(
         }
         if judged:
             psr[variant] = _rates(data, thresholds, far_levels)
+            identification[variant] = {}
             for name, model_data in data.items():
+                ranks = gallery_ranks(model_data.protected, model_data.gallery)
+                identification[variant][name] = identification_summary(ranks)
+                for probe, rank in zip(judged, ranks):
+                    ranks_of = photos[probe.image_id]["identity_rank"].setdefault(variant, {})
+                    ranks_of[name] = None if math.isnan(rank) else int(rank)
                 sims = {
                     "dodging_gallery": max_similarity_to_gallery(model_data.protected, model_data.gallery),
                     "dodging_original": similarities_to_original(model_data.protected, model_data.originals),
@@ -363,6 +406,7 @@ def judge_method(
             "source": str(probe.item.path),
             "box": [float(v) for v in probe.face.box],
             "seconds": result.seconds,
+            "cost": result.cost,
         }
         if result.rgb is None:
             row["error"] = result.error
@@ -375,8 +419,10 @@ def judge_method(
         "n": len(ok),
         "failures": {row["image_id"]: row["error"] for row in rows if "error" in row},
         "seconds_per_photo": float(statistics.fmean(r["seconds"] for r in ok)) if ok else float("nan"),
+        "cost": summarise_costs([row["cost"] for row in ok]),
         "psr": psr,
-        "quality": _mean_quality(ok),
+        "identification": identification,
+        "quality": _merge_regions(_mean_quality(ok), _set_quality(judged, protected)),
         "photos": rows,
     }
 
@@ -420,11 +466,19 @@ def evaluate(faces_dir: Path, out_dir: Path, config: AppConfig, settings: Evalua
         "settings": {**asdict(settings), "faces_dir": str(faces_dir), "device": config.device},
         "models": {"attacked": list(config.fr.attacked), "held_out": list(config.fr.held_out)},
         "far_levels": [far_key(f) for f in far_levels],
+        "identification_ranks": list(RANKS),
+        "cost_memory": _memory_sources(methods, config.device),
         "thresholds": {m: t for m, t in thresholds.describe().items() if m in models},
         "probes": [p.image_id for p in probes],
         "gallery": {"n": len(gallery.embeddings[models[0]]), "failures": gallery.failures},
         "methods": methods,
     }
+
+
+def _memory_sources(methods: dict[str, Any], device: str) -> str:
+    """What the cost table's memory columns measured in this run (the device's method when nothing was measured)."""
+    used = {c["memory_source"] for r in methods.values() for c in r["cost"].values() if c["memory_source"]}
+    return "; ".join(sorted(used)) or memory_source(device)
 
 
 def _mkparent(path: Path) -> Path:

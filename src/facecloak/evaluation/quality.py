@@ -17,7 +17,12 @@ Metrics:
   deviation of the gradient-magnitude similarity map (Prewitt, after 2×2 mean subsampling), 0 for identical images.
 - ``lpips`` (VGG backbone, registry entry ``lpips_vgg``) and the set-level ``fid``/``kid`` (registry entry
   ``fid_inception``, plus the ``torch-fidelity`` package torchmetrics needs for its Inception) run only when their
-  weights are found by ``facecloak.registry.store``.
+  weights are found by ``facecloak.registry.store``. FID/KID load the Inception from that local file and hand it to
+  torchmetrics as its feature extractor: nothing is ever downloaded at run time, and without the file both are
+  reported unavailable with the fetch command. Both need at least two photos per set.
+
+``measure_quality`` takes batches of one size; ``measure_photo_set`` takes lists of photos of any sizes (what an
+evaluation has), which set-level metrics see resized to Inception's input.
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang, Simoncelli & B
 MS_SSIM_MIN_SCALES = 3  # fewer scales than this is no longer "multi-scale" in a meaningful way
 
 FID_INPUT_SIZE = 299  # Inception-v3 input
+FID_FEATURES = 2048  # the pool3 features of Heusel et al. 2017, the layer every FID table uses
+FID_INCEPTION_NAME = "inception-v3-compat"  # torch-fidelity's name of its port of the TF 2015-12-05 graph
+MIN_SET_SIZE = 2  # a covariance (FID) or an unbiased MMD (KID) needs two samples per set
 KID_SUBSET_SIZE = 50  # torchmetrics' default is 1000; capped at the number of images below
 
 
@@ -334,8 +342,31 @@ def lpips(original: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
         return module(y.float().clamp(0, 1), x.float().clamp(0, 1)).reshape(-1).to(x.dtype)
 
 
-def _fid_weights() -> str:
-    return str(resolve_one("fid_inception"))
+@functools.cache
+def _fid_inception_from(weights: str) -> torch.nn.Module:
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    inception = NoTrainInceptionV3(
+        name=FID_INCEPTION_NAME, features_list=[str(FID_FEATURES)], feature_extractor_weights_path=weights
+    )
+    inception.num_features = FID_FEATURES  # torchmetrics reads this instead of probing with an image
+    return inception
+
+
+def fid_inception() -> torch.nn.Module:
+    """The FID Inception-v3 (pool3 features, uint8 input) with the registry's local weights; never downloads.
+
+    Raises ``MissingWeightsError`` with the fetch command when the weights file is absent. Loaded once per file.
+    """
+    return _fid_inception_from(str(resolve_one("fid_inception")))
+
+
+def _uint8_sets(original: torch.Tensor, protected: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sets as the uint8 images torch-fidelity's Inception expects, after checking the set size."""
+    x, y = _check_pair(original, protected)
+    if x.shape[0] < MIN_SET_SIZE:
+        raise MetricUnavailableError(f"{what} needs at least {MIN_SET_SIZE} photos per set, got {x.shape[0]}")
+    return tuple(t.clamp(0, 1).mul(255).round().to(torch.uint8) for t in (x, y))  # type: ignore[return-value]
 
 
 @register_metric(
@@ -345,11 +376,11 @@ def fid(original: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
     """Fréchet Inception distance between the sets of originals and protected photos (a set-level metric)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    x, y = _check_pair(original, protected)
-    metric = FrechetInceptionDistance(normalize=True, feature_extractor_weights_path=_fid_weights()).to(x.device)
-    metric.update(x.float().clamp(0, 1), real=True)
-    metric.update(y.float().clamp(0, 1), real=False)
-    return metric.compute().reshape(())
+    x, y = _uint8_sets(original, protected, "FID")
+    metric = FrechetInceptionDistance(feature=fid_inception()).to(x.device)
+    metric.update(x, real=True)
+    metric.update(y, real=False)
+    return metric.compute().reshape(()).to(original.dtype)
 
 
 @register_metric(
@@ -359,15 +390,13 @@ def kid(original: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
     """Kernel Inception distance (mean over subsets): unbiased on small sets, unlike FID."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    x, y = _check_pair(original, protected)
+    x, y = _uint8_sets(original, protected, "KID")
     subset = min(KID_SUBSET_SIZE, x.shape[0])
-    metric = KernelInceptionDistance(
-        subset_size=subset, normalize=True, feature_extractor_weights_path=_fid_weights()
-    ).to(x.device)
-    metric.update(x.float().clamp(0, 1), real=True)
-    metric.update(y.float().clamp(0, 1), real=False)
+    metric = KernelInceptionDistance(feature=fid_inception(), subset_size=subset).to(x.device)
+    metric.update(x, real=True)
+    metric.update(y, real=False)
     mean, _std = metric.compute()
-    return mean.reshape(())
+    return mean.reshape(()).to(original.dtype)
 
 
 # ---------------------------------------------------------------- measuring a batch
@@ -391,6 +420,8 @@ def _unavailable(reason: str) -> dict[str, Any]:
 
 def _measure_one(metric: QualityMetric, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
     """Run one metric on (original, protected) pairs of possibly different sizes."""
+    if not pairs:
+        return _unavailable("no photos to measure")
     try:
         if metric.per_image:
             values = torch.cat([metric.fn(x, y).reshape(-1) for x, y in pairs])
@@ -428,6 +459,24 @@ def _face_pairs(x: torch.Tensor, y: torch.Tensor, box: Box | Sequence[Box]) -> l
     return [(crop(x[i : i + 1], b), crop(y[i : i + 1], b)) for i, b in enumerate(boxes)]  # type: ignore[arg-type]
 
 
+def _check_metrics(metrics: Sequence[str]) -> None:
+    unknown = [m for m in metrics if m not in QUALITY_METRICS]
+    if unknown:
+        raise ConfigError(f"unknown quality metrics {unknown}; known: {', '.join(sorted(QUALITY_METRICS))}")
+
+
+def _measure_regions(
+    regions: dict[str, list[tuple[torch.Tensor, torch.Tensor]]], metrics: Sequence[str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    report: dict[str, dict[str, dict[str, Any]]] = {region: {} for region in regions}
+    for name in metrics:
+        metric = QUALITY_METRICS[name]
+        reason = unavailable_reason(metric)
+        for region, pairs in regions.items():
+            report[region][name] = _unavailable(reason) if reason else _measure_one(metric, pairs)
+    return report
+
+
 def measure_quality(
     original: torch.Tensor,
     protected: torch.Tensor,
@@ -438,17 +487,32 @@ def measure_quality(
 
     Returns ``{"photo": {metric: result}, "face": {...}}``; metrics that cannot run are reported with the reason.
     """
-    unknown = [m for m in metrics if m not in QUALITY_METRICS]
-    if unknown:
-        raise ConfigError(f"unknown quality metrics {unknown}; known: {', '.join(sorted(QUALITY_METRICS))}")
+    _check_metrics(metrics)
     x, y = _check_pair(original, protected)
     regions = {"photo": [(x, y)]}
     if box is not None:
         regions["face"] = _face_pairs(x, y, box)
-    report: dict[str, dict[str, dict[str, Any]]] = {region: {} for region in regions}
-    for name in metrics:
-        metric = QUALITY_METRICS[name]
-        reason = unavailable_reason(metric)
-        for region, pairs in regions.items():
-            report[region][name] = _unavailable(reason) if reason else _measure_one(metric, pairs)
-    return report
+    return _measure_regions(regions, metrics)
+
+
+def measure_photo_set(
+    originals: Sequence[torch.Tensor],
+    protected: Sequence[torch.Tensor],
+    boxes: Sequence[Box] | None = None,
+    metrics: Sequence[str] = ("fid", "kid"),
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Metrics over a set of photos of different sizes (one original, protected photo and box each).
+
+    Reported as ``measure_quality`` reports them; this is what set-level metrics (FID, KID) of an evaluation need.
+    """
+    _check_metrics(metrics)
+    if len(originals) != len(protected) or (boxes is not None and len(boxes) != len(originals)):
+        raise ConfigError(
+            f"got {len(originals)} originals, {len(protected)} protected photos and "
+            f"{'no' if boxes is None else len(boxes)} boxes; give one of each per photo"
+        )
+    pairs = [_check_pair(x, y) for x, y in zip(originals, protected)]
+    regions = {"photo": pairs}
+    if boxes is not None:
+        regions["face"] = [(crop(x, box), crop(y, box)) for (x, y), box in zip(pairs, boxes)]
+    return _measure_regions(regions, metrics)

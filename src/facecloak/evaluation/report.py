@@ -91,12 +91,57 @@ def quality_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cost_table(report: dict[str, Any]) -> str:
-    """Seconds per protected photo, photos judged and failures per method."""
-    lines = [_row(["method", "s / photo", "photos", "failed"]), _row(["---"] * 4)]
+SET_METRICS = (("fid", "FID"), ("kid", "KID"))
+
+
+def set_quality_table(report: dict[str, Any]) -> str:
+    """FID / KID of each method's photos against the originals, face box and whole photo; then why any is n/a."""
+    columns = [(region, metric, label) for region in ("face", "photo") for metric, label in SET_METRICS]
+    lines = [_row(["method"] + [f"{region} {label}" for region, _, label in columns])]
+    lines.append(_row(["---"] * (len(columns) + 1)))
+    reasons: set[str] = set()
     for method, result in report["methods"].items():
-        seconds = result["seconds_per_photo"]
-        lines.append(_row([method, _number(seconds, 2), str(result["n"]), str(len(result["failures"]))]))
+        values = [result["quality"].get(region, {}).get(metric) for region, metric, _ in columns]
+        reasons |= {v["unavailable"] for v in values if isinstance(v, dict)}
+        lines.append(_row([method] + [_number(v, 4) for v in values]))
+    notes = [f"n/a: {reason}" for reason in sorted(reasons)]
+    return "\n\n".join(["\n".join(lines), *notes])  # a blank line first, or markdown reads a note as a table row
+
+
+def identification_table(report: dict[str, Any], variant: str = NO_TRANSFORM) -> str:
+    """Rows = methods, columns = model × rank: share of protected photos whose person the gallery search finds."""
+    held = set(report["models"]["held_out"])
+    models = [*report["models"]["attacked"], *report["models"]["held_out"]]
+    ranks = report["identification_ranks"]
+    header = ["method"] + [f"{m}{' (held out)' if m in held else ''} rank-{k}" for m in models for k in ranks]
+    lines = [_row(header), _row(["---"] * len(header))]
+    for method, result in report["methods"].items():
+        cells = result["identification"].get(variant, {})
+        lines.append(_row([method] + [_rank_rate(cells.get(m), k) for m in models for k in ranks]))
+    return "\n".join(lines)
+
+
+def _rank_rate(cell: dict[str, Any] | None, k: int) -> str:
+    if not cell or not cell.get("n"):
+        return MISSING
+    return f"{100 * cell[f'rank{k}']:.1f}"
+
+
+def cost_table(report: dict[str, Any]) -> str:
+    """Per method and stage: seconds and peak memory per photo, photos judged and failures."""
+    header = ["method", "stage", "s / photo", "peak MB (max)", "stage MB (mean)", "stage MB (max)", "photos", "failed"]
+    lines = [_row(header), _row(["---"] * len(header))]
+    for method, result in report["methods"].items():
+        counts = [str(result["n"]), str(len(result["failures"]))]
+        stages = result["cost"] or {MISSING: None}
+        for stage, cost in stages.items():
+            if cost is None:
+                lines.append(_row([method, stage, MISSING, MISSING, MISSING, MISSING, *counts]))
+                continue
+            memory = [cost["peak_mb_max"], cost["peak_increase_mb_mean"], cost["peak_increase_mb_max"]]
+            lines.append(
+                _row([method, stage, _number(cost["seconds_per_image"], 2), *[_number(m, 0) for m in memory], *counts])
+            )
     return "\n".join(lines)
 
 
@@ -114,7 +159,7 @@ def _row(cells: Sequence[str]) -> str:
 
 
 def markdown_report(report: dict[str, Any]) -> str:
-    """The whole ``report.md``: settings, PSR tables (vs gallery and vs original), robustness, quality, cost."""
+    """The whole ``report.md``: settings, PSR tables, robustness, identification, quality, cost, thresholds."""
     settings = report["settings"]
     misses = {
         method: sum(any(p.get("redetect_miss", {}).values()) for p in result["photos"])
@@ -133,9 +178,17 @@ def markdown_report(report: dict[str, Any]) -> str:
             psr_table(report, "dodging_original"),
             f"## Robustness: gallery PSR of {held_out_model(report)} at FAR {ROBUSTNESS_FAR} after each transform",
             robustness_table(report),
+            "## Identification (percent of protected photos whose person is ranked within the first k)",
+            f"Gallery: the person's other photos plus every other person's as distractors ({report['gallery']['n']} "
+            "clean photos, each protected photo's own original left out); lower means better protection.",
+            identification_table(report),
             "## Quality (mean over probes; PSNR of identical photos is ∞)",
             quality_table(report),
-            "## Cost",
+            "## Set-level quality (FID / KID of each method's photos against the originals; 0 = same distribution)",
+            set_quality_table(report),
+            "## Cost per photo",
+            f"Memory: {report['cost_memory']}. Peak MB is the absolute peak (models included); stage MB is the "
+            "stage's own working memory above what was in use when it started.",
             cost_table(report),
             "## Thresholds",
             thresholds_table(report),
@@ -214,7 +267,7 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
 
 
 def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """Flat scalars (``psr/<variant>/<task>/<method>/<model>/far<f>``, quality, cost) for experiment trackers."""
+    """Flat scalars (``psr/<variant>/<task>/<method>/<model>/far<f>``, identification, quality, cost) for trackers."""
     flat: dict[str, float] = {}
     for method, result in report["methods"].items():
         for variant, tasks in result["psr"].items():
@@ -227,5 +280,14 @@ def summary_metrics(report: dict[str, Any]) -> dict[str, float]:
             for metric, value in metrics.items():
                 if isinstance(value, float) and math.isfinite(value):
                     flat[f"quality/{region}/{metric}/{method}"] = value
+        for variant, models in result["identification"].items():
+            for model, cell in models.items():
+                for k in report["identification_ranks"]:
+                    if cell["n"]:
+                        flat[f"identification/{variant}/{method}/{model}/rank{k}"] = float(cell[f"rank{k}"])
         flat[f"cost/seconds_per_photo/{method}"] = float(result["seconds_per_photo"])
+        for stage, cost in result["cost"].items():
+            flat[f"cost/{stage}/seconds_per_image/{method}"] = float(cost["seconds_per_image"])
+            if cost["peak_increase_mb_max"] is not None:
+                flat[f"cost/{stage}/peak_increase_mb_max/{method}"] = float(cost["peak_increase_mb_max"])
     return flat

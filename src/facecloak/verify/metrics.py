@@ -7,6 +7,7 @@ threshold. The threshold at FAR ``f`` is chosen so that at most ``f`` of the imp
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,26 +70,45 @@ def accept_rate(scores: np.ndarray, threshold: float) -> float:
     return float((scores > threshold).mean()) if len(scores) else float("nan")
 
 
+def identity_ranks(similarities: np.ndarray, probe_labels: Sequence[str], gallery_labels: Sequence[str]) -> np.ndarray:
+    """Rank (1 = first) of each probe's own identity in a gallery of people, NaN where the gallery has no such photo.
+
+    ``similarities`` is ``[probes, gallery]``; pairs that must not count (a probe against itself) are ``-inf``.
+    Each identity is scored by its most similar photo, so the ranking is over distinct people, not photos. A tie
+    with another identity counts for the probe's own identity: the search names the person if it possibly can,
+    which is the cautious reading when the question is whether a face is protected.
+    """
+    sims = np.asarray(similarities, dtype=np.float64)
+    gallery_arr, probe_arr = np.asarray(gallery_labels), np.asarray(probe_labels)
+    if sims.shape != (len(probe_arr), len(gallery_arr)):
+        raise ValueError(f"similarities {sims.shape} do not match {len(probe_arr)} probes × {len(gallery_arr)} gallery")
+    identities = sorted(set(gallery_arr.tolist()))
+    best = np.full((len(probe_arr), len(identities)), -np.inf)
+    for column, identity in enumerate(identities):
+        members = gallery_arr == identity
+        if members.any():
+            best[:, column] = sims[:, members].max(axis=1)
+    column_of = {identity: column for column, identity in enumerate(identities)}
+    ranks = np.full(len(probe_arr), np.nan)
+    for i, label in enumerate(probe_arr.tolist()):
+        own = best[i, column_of[label]] if label in column_of else -np.inf
+        if np.isfinite(own):
+            ranks[i] = 1 + int((best[i] > own).sum())
+    return ranks
+
+
+def identification_rate(ranks: np.ndarray, k: int) -> float:
+    """Share of probes (with a defined rank) whose identity is among the first ``k``; NaN when none is defined."""
+    defined = ranks[~np.isnan(ranks)]
+    return float((defined <= k).mean()) if len(defined) else float("nan")
+
+
 def rank_k_identification(embeddings: np.ndarray, labels: list[str], k: int = 1) -> float:
     """Leave-one-out identification: share of probes whose identity appears among the k most similar others."""
     sims = cosine_matrix(embeddings)
     np.fill_diagonal(sims, -np.inf)
-    labels_arr = np.asarray(labels)
-    hits, probes = 0, 0
-    for i in range(len(labels_arr)):
-        if (labels_arr == labels_arr[i]).sum() < 2:
-            continue  # no other photo of this person: identification is undefined for this probe
-        probes += 1
-        nearest_first = np.argsort(-sims[i], kind="mergesort")
-        # Rank by identity: the k most similar *distinct identities* (a gallery of people, not photos).
-        seen: list[str] = []
-        for j in nearest_first:
-            if labels_arr[j] not in seen:
-                seen.append(str(labels_arr[j]))
-            if len(seen) == k:
-                break
-        hits += int(labels_arr[i] in seen)
-    return hits / probes if probes else float("nan")
+    # A person with a single photo has no other one to be found by: undefined, left out.
+    return identification_rate(identity_ranks(sims, labels, labels), k)
 
 
 def verification_report(embeddings: np.ndarray, labels: list[str], far_levels: list[float]) -> dict:

@@ -109,7 +109,7 @@ def main() -> None:
             row = json.loads(next(line for line in out.splitlines() if line.startswith("BENCH "))[6:])
             print(f"{stage} batch {batch}: {row['images_per_second']:.3f} images/s", file=sys.stderr, flush=True)
             rows.append(row)
-    print("| stage | batch | device | s/step | images/s | speed-up vs batch 1 |\n|---|---|---|---|---|---|")
+    print("| stage | batch | device | s/step | image-steps/s | speed-up vs batch 1 |\n|---|---|---|---|---|---|")
     for row in rows:
         single = next(r for r in rows if r["stage"] == row["stage"] and r["batch"] == rows[0]["batch"])
         speedup = row["images_per_second"] / single["images_per_second"]

@@ -240,9 +240,15 @@ def _pixel_method(name: str) -> MethodFn:
         models = [load_fr_model(m, config.device) for m in config.fr.attacked]
         attack_config = PixelAttackConfig(eps_255=settings.eps_255, steps=settings.steps, seed=settings.seed)
         attack = build_pixel_attack(name, attack_config, AdversarialIdentityLoss(models, "dodge"))
+        # The attack's steps run through a Trainer like every other stage (precision, accelerator, loss curves).
+        from facecloak.stages.pixel_attack import trainer_perturb
+
+        trainer = {"accelerator": config.trainer.accelerator, "precision": config.trainer.precision}
+        perturb = functools.partial(trainer_perturb, trainer_kwargs=trainer)
+        protect = functools.partial(protect_photo_pixels, perturb=perturb)
         return {
             probe.image_id: _measured(
-                ATTACK_STAGE, config.device, functools.partial(protect_photo_pixels, probe.rgb, [probe.face], attack)
+                ATTACK_STAGE, config.device, functools.partial(protect, probe.rgb, [probe.face], attack)
             )
             for probe in probes
         }

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from facecloak.config.compose import compose, default_config_dir
+from facecloak.config.compose import STANDALONE_DIRS, compose, default_config_dir
 from facecloak.errors import ConfigError
 
 CONFIG_DIR = default_config_dir()
 GROUP_OPTIONS = [
     (group.name, option.stem)
-    for group in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir())
+    for group in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in STANDALONE_DIRS)
     for option in sorted(group.glob("*.yaml"))
 ]
 

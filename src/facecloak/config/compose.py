@@ -20,6 +20,9 @@ from facecloak.errors import ConfigError
 CONFIG_DIR_ENV = "FACECLOAK_CONFIG_DIR"
 # Groups whose files hold values for the whole config (not only their own section), merged after the others.
 GLOBAL_GROUPS = ("preset",)
+# Folders of configs/ that are not groups of the run config: sweep definitions have their own schema
+# (facecloak.sweep.spec) and are passed to `facecloak sweep` as files.
+STANDALONE_DIRS = ("sweep",)
 
 
 def default_config_dir() -> Path:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import mmap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,9 +19,15 @@ SEEN = 0.75 * ALLOCATED_MB
 needs_proc = pytest.mark.skipif(rss_bytes() is None, reason="process RSS needs /proc (Linux)")
 
 
-def _touch(megabytes: int) -> np.ndarray:
-    """An array whose every page is written, so it is resident, not just reserved."""
-    return np.ones(megabytes << 20, dtype=np.uint8)
+def _touch(megabytes: int) -> mmap.mmap:
+    """Fresh anonymous memory whose every page is written, so it is resident, not just reserved.
+
+    An anonymous mapping, not a numpy array: in a long test process the allocator may hand back pages it kept from
+    earlier tests (already resident), and the block would then rightly show no increase.
+    """
+    block = mmap.mmap(-1, megabytes << 20)
+    block.write(b"\x01" * (megabytes << 20))
+    return block
 
 
 @pytest.fixture(params=["high-water mark", "sampled"])

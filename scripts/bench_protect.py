@@ -6,12 +6,17 @@ native dlib: success = the protected face matches *no* other photo of the same p
 Reports face-box PSNR/SSIM/HaarPSI, the same after JPEG q75, and seconds per photo.
 
     python scripts/bench_protect.py --out outputs/bench_protect [--n-photos 10] [override=value ...]
+
+Screening: ``--people jeff_bezos,george_clooney`` keeps only those people's probes (the gallery stays complete), and
+``--stages-from outputs/bench_a`` copies stage-1 artifacts (inversion and pivot tuning, which do not depend on the
+search settings) from an earlier run so only the search is repeated; seconds per photo then omit stage 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -25,7 +30,7 @@ from facecloak.faces.crops import detector_from_config
 from facecloak.io.images import load_photo
 from facecloak.paths import shared_faces_dir
 from facecloak.protect.pipeline import image_id_for
-from facecloak.protect.runner import run_protect_job
+from facecloak.protect.runner import STAGE_DIR_NAME, run_protect_job
 
 
 def main() -> None:
@@ -33,6 +38,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--n-photos", type=int, default=10)
     parser.add_argument("--far", default="0.01")
+    parser.add_argument("--people", default=None, help="comma-separated identities to protect (default: all probes)")
+    parser.add_argument("--stages-from", type=Path, default=None, help="earlier --out whose stage-1 artifacts to reuse")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -44,6 +51,13 @@ def main() -> None:
     detector = detector_from_config(config.faces)
     judge = DlibJudge(detector, config.faces, threshold)
     probes = load_probes_and_gallery(shared_faces_dir(), args.n_photos, judge, detector, config.faces)
+    if args.people:
+        wanted = set(args.people.split(","))
+        probes = [p for p in probes if p.identity in wanted]
+        if {p.identity for p in probes} != wanted:
+            raise SystemExit(f"--people names identities outside the first {args.n_photos} probes: {sorted(wanted)}")
+    if args.stages_from is not None:
+        shutil.copytree(args.stages_from / STAGE_DIR_NAME, args.out / STAGE_DIR_NAME, dirs_exist_ok=True)
     paths = {p.image_id: shared_faces_dir() / f"{p.image_id}" for p in probes}
     paths = {i: next(p.parent.glob(p.name + ".*")) if not p.exists() else p for i, p in paths.items()}
     summary = run_protect_job(list(paths.values()), args.out, config)
@@ -77,6 +91,7 @@ def main() -> None:
     mean = statistics.fmean
     report = {
         "config_overrides": args.overrides,
+        "stage1_reused": args.stages_from is not None,
         "judge_threshold": threshold,
         "rows": rows,
         "summary": {
@@ -91,6 +106,11 @@ def main() -> None:
         },
     }
     (args.out / "bench_protect.json").write_text(json.dumps(report, indent=2, default=float))
+    for r in ok:
+        print(
+            f"{r['probe']:32s} dlib {r['dlib_best_similarity']:.3f} {'ok ' if r['dlib_success'] else 'no '}"
+            f"HaarPSI {r['quality']['haarpsi']:.3f} white-box {r['white_box']}"
+        )
     print(json.dumps(report["summary"], indent=2, default=float))
 
 

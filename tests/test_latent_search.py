@@ -23,7 +23,9 @@ from facecloak.stages.latent_search import (
     LatentSearchConfig,
     default_layers,
     fit_quietly,
+    jitter_landmarks,
     search_latents,
+    shape_change,
 )
 from test_clip_loss import tiny_clip_loss
 
@@ -145,6 +147,9 @@ def test_config_is_validated_with_the_key_named() -> None:
         ({"clip_distortion_scale": 1.5}, "clip_distortion_scale"),
         ({"steps": 0}, "steps"),
         ({"seed": -1}, "seed"),
+        ({"change_blur_sigma": -1.0}, "change_blur_sigma"),
+        ({"change_chroma": 1.5}, "change_chroma"),
+        ({"fr_crop_jitter": 0.5}, "fr_crop_jitter"),
     ):
         with pytest.raises(ConfigError, match=key):
             LatentSearchConfig(**kwargs)
@@ -212,6 +217,90 @@ def test_adversarial_term_is_the_similarity_to_the_users_photo(generator, inputs
         torch.testing.assert_close(terms["loss"], BASE.lambda_adv * terms["adv"] + BASE.lambda_latent * terms["latent"])
     photo_similarity = (own * photo.source[ATTACKED]).sum(1)
     assert bool((photo_similarity > 0.5).all() and (photo_similarity < 0.999).all())  # near, not at, the photo
+
+
+def test_change_shaping_keeps_smooth_grey_changes_and_removes_texture_and_colour() -> None:
+    """Low-pass and de-saturation of the pasted change, on crafted changes of known spectrum and colour."""
+    size = 32
+    zero = torch.zeros(1, 3, size, size)
+    torch.testing.assert_close(shape_change(zero, 2.0, 0.0), zero, atol=0, rtol=0)
+    grey = torch.full((1, 3, size, size), 0.05)  # a uniform brightening: nothing to blur, no colour
+    torch.testing.assert_close(shape_change(grey, 2.0, 0.0), grey, atol=1e-7, rtol=0)
+    # A one-pixel checkerboard (the finest texture) of amplitude 0.06 all but vanishes under sigma = 1 ...
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    checker = (0.06 * (1 - 2 * ((xx + yy) % 2))).float().expand(1, 3, size, size)
+    assert float(shape_change(checker, 1.0, 1.0).abs().max()) < 0.06 * 0.01
+    # ... while a slow ramp (period 32 px) keeps most of its amplitude inside the image.
+    ramp = (0.06 * torch.sin(2 * torch.pi * xx / size)).float().expand(1, 3, size, size)
+    kept = shape_change(ramp, 1.0, 1.0)[..., 8:24]
+    assert float((kept - ramp[..., 8:24]).abs().max()) < 0.06 * 0.05
+    # A red shift: chroma 0 leaves its luma in every channel, chroma 0.5 halves its distance from that grey.
+    red = torch.zeros(1, 3, size, size)
+    red[:, 0] = 0.1
+    luma = 0.299 * 0.1
+    torch.testing.assert_close(shape_change(red, 0.0, 0.0), torch.full_like(red, luma), atol=1e-7, rtol=0)
+    half = shape_change(red, 0.0, 0.5)
+    torch.testing.assert_close(half - luma, 0.5 * (red - luma), atol=1e-7, rtol=0)
+    torch.testing.assert_close(shape_change(red, 0.0, 1.0), red, atol=0, rtol=0)
+    # Neither shaping enlarges the change: a bound set before them still holds after.
+    bounded = 0.09 * torch.tanh(torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(4)) * 10)
+    for sigma, chroma in ((1.0, 1.0), (0.0, 0.0), (2.0, 0.3)):
+        assert float(shape_change(bounded, sigma, chroma).abs().max()) <= float(bounded.abs().max()) + 1e-7
+
+
+def test_crop_jitter_is_a_bounded_random_similarity() -> None:
+    landmarks = torch.as_tensor(get_template("arcface_112").points_array()).float()[None]
+    eye = float((landmarks[0, 1] - landmarks[0, 0]).norm())
+    torch.testing.assert_close(jitter_landmarks(landmarks, 0.0, torch.Generator().manual_seed(0)), landmarks)
+    rng = torch.Generator().manual_seed(0)
+    moved = [jitter_landmarks(landmarks, 0.1, rng) for _ in range(50)]
+    assert len({tuple(m.flatten().tolist()) for m in moved}) == 50  # a fresh draw every call
+    for m in moved:
+        scale = float((m[0, 1] - m[0, 0]).norm()) / eye
+        assert 0.9 - 1e-5 <= scale <= 1.1 + 1e-5
+        shift = (m.mean(dim=1) - landmarks.mean(dim=1)).abs().max()
+        assert float(shift) <= 0.1 * eye + 1e-4
+        # A similarity keeps every distance ratio: the eye-to-mouth over eye-to-eye ratio is unchanged.
+        ratio = lambda p: float((p[0, 3] - p[0, 0]).norm() / (p[0, 1] - p[0, 0]).norm())  # noqa: E731
+        assert abs(ratio(m) - ratio(landmarks)) < 1e-5
+    spread = torch.stack(moved).std(dim=0).mean()
+    assert float(spread) > 0.02 * eye  # it really moves the crop
+    again = jitter_landmarks(landmarks, 0.1, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again, moved[0], atol=0, rtol=0)  # the per-image stream makes runs repeatable
+
+
+def test_anchored_render_pastes_a_smooth_grey_change(generator, inputs, identity) -> None:
+    """With an anchor, the render is anchor + shaped change; chroma 0 gives equal R, G, B changes."""
+    part = take(inputs, [0, 1])
+    anchor = render(generator, part["photos"], part)
+    for chroma, sigma in ((0.0, 0.0), (1.0, 2.0), (0.0, 2.0)):
+        config = LatentSearchConfig(
+            identity_mode="dodge", lambda_clip=0.0, steps=1, change_chroma=chroma, change_blur_sigma=sigma
+        )
+        module = AdversarialLatentSearch(
+            generator, **module_inputs(part), image_ids=IDS, identity_loss=identity,
+            reference=photo_reference(identity, generator, part), thresholds={ATTACKED: NEVER}, config=config,
+            anchor=anchor,
+        )  # fmt: skip
+        module.on_fit_start()
+        with torch.no_grad():
+            torch.testing.assert_close(module.render(module.wplus(), module.noise_maps()), anchor, atol=1e-6, rtol=0)
+            module.latent.add_(0.5 * torch.randn(module.latent.shape, generator=torch.Generator().manual_seed(3)))
+            moved = module.render(module.wplus(), module.noise_maps())
+            raw = module._render_generated(module.wplus(), module.noise_maps()) - module._pivot_generated
+        change = moved - anchor
+        inside = (anchor > 0.1) & (anchor < 0.9) & (moved > 0.0) & (moved < 1.0)  # away from clamping
+        inside = inside.all(dim=1, keepdim=True).expand_as(change)
+        assert float(change.abs().max()) > 0.01  # the edit reaches the pasted pixels
+        if chroma == 0.0:
+            spread = (change - change.mean(dim=1, keepdim=True)).abs()[inside]
+            assert float(spread.max()) < 1e-5  # grey: the same change in R, G and B
+        if sigma > 0:
+
+            def roughness(x):
+                return float((x[..., 1:, :] - x[..., :-1, :]).abs().mean())
+
+            assert roughness(change) < 0.5 * roughness(raw)  # neighbouring pixels change together
 
 
 # --- the search ------------------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ steps under the checkpoint key ``latent_search``. With ``lambda_clip = 0`` CLIP 
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 import zlib
@@ -70,6 +71,15 @@ FINE_SLOTS_BEFORE_HALF = 1
 
 REFERENCE_NOISE_MAX_RESOLUTION = 256
 """Largest optimised noise map: the reference optimises maps whose side is below 512."""
+
+MAX_CROP_JITTER = 0.5
+"""FR crop jitter at or beyond this (±50 % scale, ±0.5 rad, half an eye distance of shift) no longer shows a face."""
+
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma: the grey part of a change that ``change_chroma`` keeps whole."""
+
+BLUR_TRUNCATE_SIGMAS = 3.0
+"""The change's low-pass kernel reaches this many sigmas each side."""
 
 MAX_SEED = 2**31 - 1
 """Seeds are combined with a 32-bit hash of the image id into one 64-bit generator seed."""
@@ -106,6 +116,16 @@ class LatentSearchConfig:
     max_delta: float | None = None
     """With an anchor (delta paste-back), soft L∞ bound on the change, ``max_delta · tanh(Δ / max_delta)`` in [0, 1]
     units; None: unbounded (the paper)."""
+    change_blur_sigma: float = 0.0
+    """With an anchor, Gaussian low-pass of the bounded change (sigma in generator pixels) before it is masked:
+    the pasted change holds no fine texture, only smooth shading; 0: the change as rendered."""
+    change_chroma: float = 1.0
+    """With an anchor, the share of the change's colour (its deviation from grey) that is kept: 0 makes the change
+    luminance only (shading, no colour patches), 1 keeps it as rendered."""
+    fr_crop_jitter: float = 0.0
+    """Input diversity on the face-recognition branch: every step each image's FR crop is moved by a random
+    similarity (scale in 1 ± j, rotation within ± j radians, shift within ± j of the eye distance), so the change
+    does not depend on one exact alignment (the held-out model aligns faces its own way); 0: the exact crop."""
     makeup_prompt: str = "red lipstick"
     source_text: str = DEFAULT_SOURCE_TEXT
     clip_distortion_scale: float | None = DEFAULT_DISTORTION_SCALE
@@ -121,6 +141,14 @@ class LatentSearchConfig:
             raise ConfigError(f"latent_search.lambda_fidelity must be >= 0, got {self.lambda_fidelity}")
         if self.max_delta is not None and not 0 < self.max_delta <= 1:
             raise ConfigError(f"latent_search.max_delta must be in (0, 1] or null, got {self.max_delta}")
+        if self.change_blur_sigma < 0:
+            raise ConfigError(f"latent_search.change_blur_sigma must be >= 0, got {self.change_blur_sigma}")
+        if not 0 <= self.change_chroma <= 1:
+            raise ConfigError(f"latent_search.change_chroma must be in [0, 1], got {self.change_chroma}")
+        if not 0 <= self.fr_crop_jitter < MAX_CROP_JITTER:
+            raise ConfigError(
+                f"latent_search.fr_crop_jitter must be in [0, {MAX_CROP_JITTER}), got {self.fr_crop_jitter}"
+            )
         if isinstance(self.fr_degradation, Mapping):
             object.__setattr__(self, "fr_degradation", DegradationConfig(**self.fr_degradation))
         if self.layers is not None:
@@ -335,6 +363,7 @@ class AdversarialLatentSearch(L.LightningModule):
         self._snapshots: dict[int, tuple[Tensor, list[Tensor]]] = {}
         self._clip_rngs: list[torch.Generator] = []
         self._degradations: list[RandomDegradation] = []
+        self._jitter_rngs: list[torch.Generator] = []
         self._clip_source: Tensor | None = None
         self.similarities_before: dict[str, dict[str, Tensor]] = {}
         self.similarities_after: dict[str, dict[str, Tensor]] = {}
@@ -370,9 +399,16 @@ class AdversarialLatentSearch(L.LightningModule):
         change = images01 - self._pivot_generated
         if self.config.max_delta is not None:
             change = self.config.max_delta * torch.tanh(change / self.config.max_delta)
+        # Shaped after the bound: the tanh turns a large smooth change into flat plateaus with sharp edges, so a
+        # blur before it would not keep the pasted change smooth. Both shapings keep |change| <= max_delta.
+        change = self.shape_change(change)
         if self.change_mask is not None:
             change = change * self.change_mask  # the same soft weights paste-back will use
         return (self._pivot_generated + self._anchor_offset + change).clamp(0.0, 1.0)
+
+    def shape_change(self, change: Tensor) -> Tensor:
+        """Low-pass and de-saturate the render's bounded change (``change_blur_sigma``, ``change_chroma``)."""
+        return shape_change(change, self.config.change_blur_sigma, self.config.change_chroma)
 
     def _render_generated(self, wplus: Tensor, noise: Sequence[Tensor]) -> Tensor:
         generators = self.frozen.generators
@@ -396,10 +432,21 @@ class AdversarialLatentSearch(L.LightningModule):
             return images01
         return torch.cat([degrade(images01[i : i + 1]) for i, degrade in enumerate(self._degradations)])
 
+    def fr_landmarks(self) -> Tensor:
+        """Landmarks the attacked models crop with: exact, or moved by a random similarity per image (diversity)."""
+        if not self._jitter_rngs:
+            return self.landmarks5
+        return torch.cat(
+            [
+                jitter_landmarks(self.landmarks5[i : i + 1], self.config.fr_crop_jitter, rng)
+                for i, rng in enumerate(self._jitter_rngs)
+            ]
+        )
+
     def losses(self, images01: Tensor) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
         """Per-image terms ``[B]`` (``adv``, ``clip``, ``latent``, weighted ``loss``) and the FR similarities."""
         c = self.config
-        adv, sims = self.frozen.identity(self.fr_view(images01), self.landmarks5, self.frozen.reference)
+        adv, sims = self.frozen.identity(self.fr_view(images01), self.fr_landmarks(), self.frozen.reference)
         clip = torch.zeros_like(adv)
         if self.frozen.clip is not None:
             assert self._clip_source is not None
@@ -441,6 +488,7 @@ class AdversarialLatentSearch(L.LightningModule):
             if c.fr_degradation is not None
             else []
         )
+        self._jitter_rngs = [image_rng(c.seed, i, "fr_crop") for i in self.image_ids] if c.fr_crop_jitter > 0 else []
         with torch.no_grad():
             if self.anchor is not None:
                 self._pivot_generated = self._render_generated(self.pivot, self.initial_noise())
@@ -463,7 +511,8 @@ class AdversarialLatentSearch(L.LightningModule):
         images01 = self.render(self.wplus(), self.noise_maps())
         terms, sims = self.losses(images01)
         if self.config.early_stop:
-            clean = sims if not self._degradations else self.clean_similarities(images01)
+            exact = not self._degradations and not self._jitter_rngs
+            clean = sims if exact else self.clean_similarities(images01)
             self._stop_passing(self.passes(clean))
         active = (self.stopped_at < 0).to(terms["loss"])
         batch_size = images01.shape[0]
@@ -539,6 +588,40 @@ class AdversarialLatentSearch(L.LightningModule):
                 )
             )
         return out
+
+
+def shape_change(change: Tensor, blur_sigma: float, chroma: float) -> Tensor:
+    """A change ``[B, 3, H, W]`` blurred by a Gaussian of ``blur_sigma`` pixels, its colour scaled by ``chroma``.
+
+    Both are linear, so they commute and keep a zero change zero, and both take convex combinations (a normalised
+    positive kernel; grey is a weighted mean of R, G, B), so neither enlarges the largest ``|change|``. Smooth, grey
+    changes read as shading or lighting; fine texture and colour casts read as damage (and cost perceptual metrics
+    like HaarPSI most).
+    """
+    if blur_sigma > 0:
+        import kornia
+
+        radius = max(1, math.ceil(BLUR_TRUNCATE_SIGMAS * blur_sigma))
+        radius = min(radius, (min(change.shape[-2:]) - 1) // 2)  # reflect padding needs a kernel inside the image
+        size = 2 * radius + 1
+        change = kornia.filters.gaussian_blur2d(change, (size, size), (blur_sigma, blur_sigma), border_type="reflect")
+    if chroma < 1:
+        weights = torch.tensor(LUMA_WEIGHTS, dtype=change.dtype, device=change.device).view(1, 3, 1, 1)
+        grey = (change * weights).sum(dim=1, keepdim=True)
+        change = grey + chroma * (change - grey)
+    return change
+
+
+def jitter_landmarks(landmarks5: Tensor, strength: float, rng: torch.Generator) -> Tensor:
+    """Landmarks ``[1, 5, 2]`` moved by a random similarity about their centre (scale, rotation, shift)."""
+    draws = (torch.rand(4, generator=rng, dtype=torch.float64) * 2 - 1) * strength
+    scale, angle = 1.0 + float(draws[0]), float(draws[1])
+    eye_distance = (landmarks5[0, 1] - landmarks5[0, 0]).norm()
+    shift = draws[2:].to(landmarks5) * eye_distance
+    cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
+    rotation = torch.tensor([[cos, -sin], [sin, cos]], dtype=landmarks5.dtype, device=landmarks5.device)
+    centre = landmarks5.mean(dim=1, keepdim=True)
+    return (landmarks5 - centre) @ rotation.T + centre + shift
 
 
 def _per_image(sims: Mapping[str, Mapping[str, Tensor]], i: int) -> dict[str, dict[str, float]]:

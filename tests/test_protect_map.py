@@ -20,7 +20,7 @@ from facecloak.protect.map_method import MapProtector
 from facecloak.protect.methods import build_protector
 from facecloak.registry.store import is_available
 from facecloak.stages.score_finetune import checkpoint_step
-from test_protect import _photo_with_gps
+from test_protect import _photo_with_gps, _record
 
 TINY_MAP = [
     "--preset",
@@ -45,11 +45,6 @@ def job(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory, single_thread
     photos = [str(photo), str(inputs / "broken.jpg"), str(inputs / "wall.png")]
     code = main(["protect", *photos, "--out", str(out), "--method", "map", "--expression", "happy", *TINY_MAP])
     return {"code": code, "out": out, "photo": photo}
-
-
-def _record(out: Path, stem: str) -> dict:
-    [path] = list(out.glob(f"{stem}-*.json"))
-    return json.loads(path.read_text())
 
 
 def test_batch_keeps_going_and_reports_failures(job: dict) -> None:

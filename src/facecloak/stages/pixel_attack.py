@@ -16,36 +16,18 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 
 from facecloak.attacks.pixel import AttackRun, PixelAttack
 from facecloak.losses.identity import IdentityReference
+from facecloak.stages.latent_search import TRAINER_DEFAULTS, steps_loader
 
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "accelerator": "auto",
-    "devices": 1,
-    "max_epochs": 1,
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-    "num_sanity_val_steps": 0,
-}
-EXPECTED_WARNINGS = ("does not have many workers", "returned `None`", "in eval mode at the start")
+EXPECTED_WARNINGS = (
+    "does not have many workers",
+    "`IterableDataset` has `__len__`",
+    "returned `None`",
+    "in eval mode at the start",
+)
 """Lightning warnings that do not apply: an in-memory step counter, no optimizer (the attack steps itself)."""
-
-
-class _Steps(Dataset[int]):
-    """One item per attack step: the module holds the images, the loader only paces the loop."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, index: int) -> int:
-        return index
 
 
 class PixelAttackStage(L.LightningModule):
@@ -91,10 +73,9 @@ def trainer_perturb(
     """:meth:`PixelAttack.perturb` through a Lightning Trainer (``trainer_kwargs`` override the defaults)."""
     module = PixelAttackStage(attack, images01, landmarks5, reference, mask)
     trainer = L.Trainer(**{**TRAINER_DEFAULTS, **(trainer_kwargs or {})})
-    steps: DataLoader[int] = DataLoader(_Steps(attack.config.steps), batch_size=None)
     with warnings.catch_warnings(), torch.enable_grad():
         for expected in EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=f".*{re.escape(expected)}.*")
-        trainer.fit(module, steps)
+        trainer.fit(module, steps_loader(attack.config.steps))
     assert module.run is not None
     return module.run.adv.detach()

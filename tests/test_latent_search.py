@@ -23,9 +23,11 @@ from facecloak.stages.latent_search import (
     LatentSearchConfig,
     default_layers,
     fit_quietly,
+    gaussian_blur,
     jitter_landmarks,
     search_latents,
     shape_change,
+    texture_visibility,
 )
 from test_clip_loss import tiny_clip_loss
 
@@ -149,6 +151,7 @@ def test_config_is_validated_with_the_key_named() -> None:
         ({"seed": -1}, "seed"),
         ({"change_blur_sigma": -1.0}, "change_blur_sigma"),
         ({"change_chroma": 1.5}, "change_chroma"),
+        ({"change_flat_share": 0.0}, "change_flat_share"),
         ({"fr_crop_jitter": 0.5}, "fr_crop_jitter"),
     ):
         with pytest.raises(ConfigError, match=key):
@@ -248,6 +251,27 @@ def test_change_shaping_keeps_smooth_grey_changes_and_removes_texture_and_colour
         assert float(shape_change(bounded, sigma, chroma).abs().max()) <= float(bounded.abs().max()) + 1e-7
 
 
+def test_texture_visibility_keeps_the_change_off_smooth_skin_and_in_texture() -> None:
+    """Flat image: ``flat_share`` everywhere; high-contrast texture: all of it; a blurred face counts as flat."""
+    size = 64
+    flat = torch.full((1, 3, size, size), 0.7)
+    torch.testing.assert_close(texture_visibility(flat, 0.25), torch.full((1, 1, size, size), 0.25))
+    xx = torch.arange(size).expand(size, size)
+    stripes = (0.5 + 0.3 * torch.sign(torch.sin(2 * torch.pi * xx / 4 + 0.1))).float().expand(1, 3, size, size)
+    half = torch.where(xx < size // 2, flat[0, 0], stripes[0, 0]).expand(1, 3, size, size)
+    visibility = texture_visibility(half, 0.25)
+    assert visibility.shape == (1, 1, size, size)
+    assert float(visibility.min()) >= 0.25 - 1e-6 and float(visibility.max()) <= 1 + 1e-6
+    torch.testing.assert_close(visibility[..., :, :20], torch.full_like(visibility[..., :, :20], 0.25))
+    assert float(visibility[..., :, 44:].min()) > 0.99  # a 0.3-amplitude stripe texture hides the full change
+    across = visibility[0, 0, size // 2]
+    assert bool((across[1:] >= across[:-1] - 1e-6).all())  # a smooth ramp from skin to texture, no step back
+    # The same stripes out of focus (a face in the crowd behind the subject) are treated as smooth skin.
+    blurred = gaussian_blur(stripes, 4.0)
+    assert float(texture_visibility(blurred, 0.25).max()) < 0.5
+    assert float(texture_visibility(blurred, 0.25).mean()) < float(texture_visibility(stripes, 0.25).mean()) - 0.4
+
+
 def test_crop_jitter_is_a_bounded_random_similarity() -> None:
     landmarks = torch.as_tensor(get_template("arcface_112").points_array()).float()[None]
     eye = float((landmarks[0, 1] - landmarks[0, 0]).norm())
@@ -273,9 +297,15 @@ def test_anchored_render_pastes_a_smooth_grey_change(generator, inputs, identity
     """With an anchor, the render is anchor + shaped change; chroma 0 gives equal R, G, B changes."""
     part = take(inputs, [0, 1])
     anchor = render(generator, part["photos"], part)
-    for chroma, sigma in ((0.0, 0.0), (1.0, 2.0), (0.0, 2.0)):
+    changes = {}
+    for chroma, sigma, flat_share in ((0.0, 0.0, 1.0), (1.0, 2.0, 1.0), (0.0, 2.0, 1.0), (0.0, 2.0, 0.3)):
         config = LatentSearchConfig(
-            identity_mode="dodge", lambda_clip=0.0, steps=1, change_chroma=chroma, change_blur_sigma=sigma
+            identity_mode="dodge",
+            lambda_clip=0.0,
+            steps=1,
+            change_chroma=chroma,
+            change_blur_sigma=sigma,
+            change_flat_share=flat_share,
         )
         module = AdversarialLatentSearch(
             generator, **module_inputs(part), image_ids=IDS, identity_loss=identity,
@@ -291,6 +321,7 @@ def test_anchored_render_pastes_a_smooth_grey_change(generator, inputs, identity
         change = moved - anchor
         inside = (anchor > 0.1) & (anchor < 0.9) & (moved > 0.0) & (moved < 1.0)  # away from clamping
         inside = inside.all(dim=1, keepdim=True).expand_as(change)
+        changes[flat_share] = (change, inside)
         assert float(change.abs().max()) > 0.01  # the edit reaches the pasted pixels
         if chroma == 0.0:
             spread = (change - change.mean(dim=1, keepdim=True)).abs()[inside]
@@ -301,6 +332,12 @@ def test_anchored_render_pastes_a_smooth_grey_change(generator, inputs, identity
                 return float((x[..., 1:, :] - x[..., :-1, :]).abs().mean())
 
             assert roughness(change) < 0.5 * roughness(raw)  # neighbouring pixels change together
+    # change_flat_share scales the same change by the anchor's texture map: less on smooth parts, all in texture.
+    (full, inside_full), (masked, inside_masked) = changes[1.0], changes[0.3]
+    both = inside_full & inside_masked
+    expected = full * texture_visibility(anchor, 0.3)
+    torch.testing.assert_close(masked[both], expected[both], atol=1e-5, rtol=0)
+    assert float(masked.abs().sum()) < float(full.abs().sum())
 
 
 # --- the search ------------------------------------------------------------------------------------------------------

@@ -81,6 +81,15 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 BLUR_TRUNCATE_SIGMAS = 3.0
 """The change's low-pass kernel reaches this many sigmas each side."""
 
+TEXTURE_WINDOW_FRACTION = 1 / 64
+"""Local contrast (for ``change_flat_share``) is measured in a Gaussian window of this fraction of the crop side:
+2 px on the offline 128 px generator, 16 px on the 1024 px FFHQ one, i.e. the same part of a face."""
+
+TEXTURE_FULL_CONTRAST = 0.08
+"""Local contrast (:func:`texture_visibility`, luma in [0, 1]) at which a place counts as fully textured. Measured on
+the shared photos' 128 px face crops: the 90th percentile of sharp faces is 0.09-0.13, smooth skin's 10th percentile
+0.005-0.02, and an out-of-focus face in a crowd stays below 0.005 throughout, so it is treated as smooth skin."""
+
 MAX_SEED = 2**31 - 1
 """Seeds are combined with a 32-bit hash of the image id into one 64-bit generator seed."""
 
@@ -122,6 +131,11 @@ class LatentSearchConfig:
     change_chroma: float = 1.0
     """With an anchor, the share of the change's colour (its deviation from grey) that is kept: 0 makes the change
     luminance only (shading, no colour patches), 1 keeps it as rendered."""
+    change_flat_share: float = 1.0
+    """With an anchor, the share of the change kept on flat, untextured parts of the photo's crop (smooth skin, an
+    out-of-focus face); textured parts (brows, lashes, lips, beard, hair line) keep all of it, with a smooth ramp
+    between (:func:`texture_visibility`). Contrast masking: the eye misses a change inside texture and sees it on
+    smooth skin. 1: the same everywhere."""
     fr_crop_jitter: float = 0.0
     """Input diversity on the face-recognition branch: every step each image's FR crop is moved by a random
     similarity (scale in 1 ± j, rotation within ± j radians, shift within ± j of the eye distance), so the change
@@ -145,6 +159,8 @@ class LatentSearchConfig:
             raise ConfigError(f"latent_search.change_blur_sigma must be >= 0, got {self.change_blur_sigma}")
         if not 0 <= self.change_chroma <= 1:
             raise ConfigError(f"latent_search.change_chroma must be in [0, 1], got {self.change_chroma}")
+        if not 0 < self.change_flat_share <= 1:
+            raise ConfigError(f"latent_search.change_flat_share must be in (0, 1], got {self.change_flat_share}")
         if not 0 <= self.fr_crop_jitter < MAX_CROP_JITTER:
             raise ConfigError(
                 f"latent_search.fr_crop_jitter must be in [0, {MAX_CROP_JITTER}), got {self.fr_crop_jitter}"
@@ -270,6 +286,7 @@ class AdversarialLatentSearch(L.LightningModule):
 
     anchor: Tensor | None
     change_mask: Tensor | None
+    change_visibility: Tensor | None
 
     def __init__(
         self,
@@ -334,6 +351,10 @@ class AdversarialLatentSearch(L.LightningModule):
             None if change_mask is None else change_mask.detach().to(pivots.dtype).clone(),
             persistent=False,
         )
+        visibility = None
+        if self.anchor is not None and config.change_flat_share < 1:
+            visibility = texture_visibility(self.anchor, config.change_flat_share)
+        self.register_buffer("change_visibility", visibility, persistent=False)
         self._anchor_offset: Tensor | None = None
         self._pivot_generated: Tensor | None = None
         self._pivot_images: Tensor | None = None
@@ -402,6 +423,8 @@ class AdversarialLatentSearch(L.LightningModule):
         # Shaped after the bound: the tanh turns a large smooth change into flat plateaus with sharp edges, so a
         # blur before it would not keep the pasted change smooth. Both shapings keep |change| <= max_delta.
         change = self.shape_change(change)
+        if self.change_visibility is not None:
+            change = change * self.change_visibility  # less on smooth skin, where the eye would see it
         if self.change_mask is not None:
             change = change * self.change_mask  # the same soft weights paste-back will use
         return (self._pivot_generated + self._anchor_offset + change).clamp(0.0, 1.0)
@@ -599,17 +622,42 @@ def shape_change(change: Tensor, blur_sigma: float, chroma: float) -> Tensor:
     like HaarPSI most).
     """
     if blur_sigma > 0:
-        import kornia
-
-        radius = max(1, math.ceil(BLUR_TRUNCATE_SIGMAS * blur_sigma))
-        radius = min(radius, (min(change.shape[-2:]) - 1) // 2)  # reflect padding needs a kernel inside the image
-        size = 2 * radius + 1
-        change = kornia.filters.gaussian_blur2d(change, (size, size), (blur_sigma, blur_sigma), border_type="reflect")
+        change = gaussian_blur(change, blur_sigma)
     if chroma < 1:
-        weights = torch.tensor(LUMA_WEIGHTS, dtype=change.dtype, device=change.device).view(1, 3, 1, 1)
-        grey = (change * weights).sum(dim=1, keepdim=True)
+        grey = luma(change)
         change = grey + chroma * (change - grey)
     return change
+
+
+def texture_visibility(images01: Tensor, flat_share: float) -> Tensor:
+    """How much of a change each pixel of ``images01`` ``[B, 3, H, W]`` hides, ``[B, 1, H, W]`` in [flat_share, 1].
+
+    The local contrast is the root-mean-square deviation of luma from its local mean, in a Gaussian window of
+    :data:`TEXTURE_WINDOW_FRACTION` of the side. Over :data:`TEXTURE_FULL_CONTRAST` and capped at 1, then smoothed
+    by the same window (so the change it scales has no hard edges), it moves the share from ``flat_share`` on flat
+    places to 1 in texture. The contrast is absolute, not relative to the image, so a blurred face is flat all over.
+    """
+    sigma = max(1.0, min(images01.shape[-2:]) * TEXTURE_WINDOW_FRACTION)
+    brightness = luma(images01)
+    contrast = gaussian_blur((brightness - gaussian_blur(brightness, sigma)).square(), sigma).sqrt()
+    texture = gaussian_blur((contrast / TEXTURE_FULL_CONTRAST).clamp(max=1.0), sigma)
+    return flat_share + (1.0 - flat_share) * texture
+
+
+def luma(images: Tensor) -> Tensor:
+    """BT.601 luma ``[B, 1, H, W]`` of RGB ``[B, 3, H, W]`` (of a change: its grey part)."""
+    weights = torch.tensor(LUMA_WEIGHTS, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """Gaussian blur of ``sigma`` pixels with reflected borders, the kernel kept inside small images."""
+    import kornia
+
+    radius = max(1, math.ceil(BLUR_TRUNCATE_SIGMAS * sigma))
+    radius = min(radius, (min(images.shape[-2:]) - 1) // 2)  # reflect padding needs a kernel inside the image
+    size = 2 * radius + 1
+    return kornia.filters.gaussian_blur2d(images, (size, size), (sigma, sigma), border_type="reflect")
 
 
 def jitter_landmarks(landmarks5: Tensor, strength: float, rng: torch.Generator) -> Tensor:

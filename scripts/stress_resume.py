@@ -26,17 +26,7 @@ from PIL import Image
 from facecloak.paths import shared_faces_dir
 
 DEFAULT_PHOTOS = ("jack_dorsey/img16.jpg", "katy_perry/img26.jpg", "elon_musk/img18.jpg")
-TINY = [
-    "preset=offline",
-    "generator.size=64",
-    "generator.channel_max=32",
-    "generator.projector.steps=3",
-    "generator.projector.n_mean_latent=100",
-    "pivot.steps=3",
-    "pivot.loss_size=64",
-    "search.steps=3",
-    "search.layers=[0,1,2,3,4,5,6,7,8,9]",
-]
+TINY = ["preset=offline", "scale=smoke"]
 """Small settings so that many kill rounds fit in minutes; the code path is the full one."""
 
 

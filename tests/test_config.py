@@ -66,3 +66,34 @@ def test_presets_set_values_across_sections() -> None:
 def test_face_api_port_is_never_attacked_while_dlib_is_held_out() -> None:
     with pytest.raises(ConfigError, match="same network"):
         compose(["fr.attacked=[faceapi_dlib]", "fr.held_out=[dlib_native]"])
+
+
+@pytest.mark.parametrize("preset", ["offline", "offline_ensemble"])
+def test_smoke_scale_shrinks_the_chosen_preset_and_keeps_the_rest(preset: str) -> None:
+    from facecloak.config.compose import to_plain
+
+    full, smoke = compose([f"preset={preset}"]), compose([f"preset={preset}", "scale=smoke"])
+    assert compose([f"preset={preset}", "scale=full"]) == full
+    assert (smoke.generator.size, smoke.pivot.steps, smoke.search.steps) == (64, 3, 3)
+    assert smoke.generator.size < full.generator.size and smoke.search.steps < full.search.steps
+    # Only sizes and step counts change: the preset's models, losses and thresholds stay as chosen.
+    assert smoke.fr == full.fr and smoke.search.lambda_adv == full.search.lambda_adv
+    assert smoke.search.max_delta == full.search.max_delta
+    changed = {
+        f"{section}.{key}"
+        for section, values in to_plain(full).items()
+        if isinstance(values, dict)
+        for key in values
+        if to_plain(smoke)[section][key] != values[key]
+    }
+    assert changed <= {
+        "generator.size",
+        "generator.channel_max",
+        "generator.projector",
+        "pivot.steps",
+        "pivot.loss_size",
+        "search.steps",
+        "search.layers",
+    }
+    # The value overrides still win over the scale.
+    assert compose([f"preset={preset}", "scale=smoke", "search.steps=5"]).search.steps == 5

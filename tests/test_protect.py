@@ -12,18 +12,7 @@ from PIL import Image
 
 from facecloak.cli.main import main
 
-TINY = [
-    "preset=offline",
-    "generator.size=64",
-    "generator.channel_max=32",
-    "generator.projector.steps=3",
-    "generator.projector.n_mean_latent=100",
-    "pivot.steps=3",
-    "pivot.loss_size=64",
-    "search.steps=3",
-    "search.layers=[0,1,2,3,4,5,6,7,8,9]",
-    "trainer.progress_bar=false",
-]
+TINY = ["preset=offline", "scale=smoke", "trainer.progress_bar=false"]
 
 
 def _photo_with_gps(src: Path, dest: Path) -> Path:

@@ -18,8 +18,9 @@ from facecloak.config.schema import AppConfig
 from facecloak.errors import ConfigError
 
 CONFIG_DIR_ENV = "FACECLOAK_CONFIG_DIR"
-# Groups whose files hold values for the whole config (not only their own section), merged after the others.
-GLOBAL_GROUPS = ("preset",)
+# Groups whose files hold values for the whole config (not only their own section), merged after the others in this
+# order: a preset, then a scale (``scale=smoke`` shrinks whichever preset was chosen).
+GLOBAL_GROUPS = ("preset", "scale")
 # Folders of configs/ that are not groups of the run config: sweep definitions have their own schema
 # (facecloak.sweep.spec) and are passed to `facecloak sweep` as files.
 STANDALONE_DIRS = ("sweep",)

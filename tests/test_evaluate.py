@@ -14,7 +14,7 @@ import torch
 
 from facecloak.cli.main import main
 from facecloak.errors import ConfigError
-from facecloak.evaluation.harness import NO_TRANSFORM, TASKS, photo_path, select_probe_items
+from facecloak.evaluation.harness import NO_TRANSFORM, QUALITY_METRICS, TASKS, photo_path, select_probe_items
 from facecloak.evaluation.identification import gallery_ranks, identification_summary
 from facecloak.evaluation.metered_protect import PROTECT_STAGE, STAGE1, STAGE2, StageMeter
 from facecloak.evaluation.protocol import ProtocolItem
@@ -100,6 +100,15 @@ def test_robustness_quality_and_cost_are_reported(run: dict) -> None:
     clean, pgd = report["methods"]["clean"]["quality"], report["methods"]["pgd"]["quality"]
     assert math.isinf(clean["face"]["psnr"]) and clean["photo"]["ssim"] == pytest.approx(1.0, abs=1e-4)
     assert 20 < pgd["face"]["psnr"] < pgd["photo"]["psnr"]  # the budget is spent on the face only
+    # Every per-photo metric of the issue is there: a number, or unavailable with what to do about it.
+    for region in ("face", "photo"):
+        assert set(QUALITY_METRICS) <= set(pgd[region])
+        assert clean[region]["gmsd"] == pytest.approx(0.0, abs=1e-6)
+        assert pgd[region]["gmsd"] > 1e-4
+        assert clean[region]["ms_ssim"] == pytest.approx(1.0, abs=1e-4)
+        assert pgd[region]["ms_ssim"] < 1.0 - 1e-4
+        lpips = pgd[region]["lpips"]
+        assert isinstance(lpips, float) or "facecloak weights fetch lpips_vgg" in lpips["unavailable"]
     assert report["methods"]["pgd"]["seconds_per_photo"] > 0
 
 
@@ -177,6 +186,7 @@ def test_markdown_has_identification_set_quality_and_cost_tables(run: dict) -> N
         assert f"| {model} rank-1 | {model} rank-5 |" in header
     assert f"{held} (held out) rank-1" in header
     assert "| face FID | face KID | photo FID | photo KID |" in markdown
+    assert "| method | face PSNR | face SSIM | face MS-SSIM | face HaarPSI | face GMSD ↓ | face LPIPS ↓ |" in markdown
     assert "| method | stage | s / photo | peak MB (max) |" in markdown
     for stage in (PROTECT_STAGE, STAGE1, STAGE2):
         assert f"| protect | {stage} |" in markdown

@@ -56,7 +56,7 @@ from facecloak.evaluation.psr import (
     protection_success,
     similarities_to_original,
 )
-from facecloak.evaluation.quality import measure_photo_set, measure_quality
+from facecloak.evaluation.quality import DEFAULT_METRICS, measure_photo_set, measure_quality
 from facecloak.evaluation.robustness import DEFAULT_TRANSFORMS, apply_transform
 from facecloak.faces.crops import box_iou, crop_for_template, detect_with_config, detector_from_config
 from facecloak.faces.detect import Face, FaceDetector
@@ -73,7 +73,9 @@ ORIGINAL_DIR = "original"
 NO_TRANSFORM = "none"
 """Robustness variant name of the protected photo as saved."""
 TASKS: tuple[Task, ...] = ("dodging_gallery", "dodging_original")
-QUALITY_METRICS = ("psnr", "ssim", "haarpsi")
+QUALITY_METRICS = DEFAULT_METRICS
+"""Per-photo quality: PSNR, SSIM, MS-SSIM, HaarPSI, GMSD, and LPIPS (unavailable, with the fetch command, without
+its weights)."""
 SET_QUALITY_METRICS = ("fid", "kid")
 """Set-level quality (one value per method and region); unavailable, with the fetch command, without the weights."""
 MIN_PHOTOS_PER_PERSON = 2

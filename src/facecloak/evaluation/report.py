@@ -79,16 +79,31 @@ def robustness_table(report: dict[str, Any], far: str = ROBUSTNESS_FAR) -> str:
     return "\n".join(lines)
 
 
+QUALITY_COLUMNS = {
+    "psnr": ("PSNR", 2),
+    "ssim": ("SSIM", 4),
+    "ms_ssim": ("MS-SSIM", 4),
+    "haarpsi": ("HaarPSI", 4),
+    "gmsd": ("GMSD ↓", 4),
+    "lpips": ("LPIPS ↓", 4),
+}
+"""Per-photo metrics in the quality table, their labels (↓: lower is better) and digits."""
+
+
 def quality_table(report: dict[str, Any]) -> str:
-    """Mean face-box and whole-photo PSNR / SSIM / HaarPSI per method ("n/a" where a metric could not run)."""
-    columns = [(region, metric) for region in ("face", "photo") for metric in ("psnr", "ssim", "haarpsi")]
-    digits = {"psnr": 2, "ssim": 4, "haarpsi": 4}
-    lines = [_row(["method"] + [f"{r} {m.upper() if m != 'haarpsi' else 'HaarPSI'}" for r, m in columns])]
+    """Mean face-box and whole-photo quality per method, one column per metric; then why any is n/a."""
+    metrics = [m for m in QUALITY_COLUMNS if any(m in r["quality"]["face"] for r in report["methods"].values())]
+    columns = [(region, metric) for region in ("face", "photo") for metric in metrics]
+    lines = [_row(["method"] + [f"{region} {QUALITY_COLUMNS[metric][0]}" for region, metric in columns])]
     lines.append(_row(["---"] * (len(columns) + 1)))
+    reasons: set[str] = set()
     for method, result in report["methods"].items():
-        quality = result["quality"]
-        lines.append(_row([method] + [_number(quality[r][m], digits[m]) for r, m in columns]))
-    return "\n".join(lines)
+        values = [result["quality"][region].get(metric) for region, metric in columns]
+        reasons |= {v["unavailable"] for v in values if isinstance(v, dict)}
+        digits = [QUALITY_COLUMNS[metric][1] for _, metric in columns]
+        lines.append(_row([method] + [_number(v, d) for v, d in zip(values, digits)]))
+    notes = [f"n/a: {reason}" for reason in sorted(reasons)]
+    return "\n\n".join(["\n".join(lines), *notes])
 
 
 SET_METRICS = (("fid", "FID"), ("kid", "KID"))
@@ -182,7 +197,8 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"Gallery: the person's other photos plus every other person's as distractors ({report['gallery']['n']} "
             "clean photos, each protected photo's own original left out); lower means better protection.",
             identification_table(report),
-            "## Quality (mean over probes; PSNR of identical photos is ∞)",
+            "## Quality (mean over probes; PSNR of identical photos is ∞; ↓: lower is better)",
+            "MS-SSIM drops its coarsest scales on face boxes too small for all five.",
             quality_table(report),
             "## Set-level quality (FID / KID of each method's photos against the originals; 0 = same distribution)",
             set_quality_table(report),

@@ -124,20 +124,30 @@ def _white_box_similarities(
 
 
 def load_probes_and_gallery(
-    faces_dir: Path, n_photos: int, judge: DlibJudge, detector: FaceDetector, faces_config: FacesConfig
+    faces_dir: Path,
+    n_photos: int,
+    judge: DlibJudge,
+    detector: FaceDetector,
+    faces_config: FacesConfig,
+    probe_index: int = 0,
 ) -> list[Probe]:
-    """Embed every labelled photo with dlib; pick the first photo (by id) of the first ``n_photos`` people."""
+    """Embed every labelled photo with dlib; pick photo ``probe_index`` (by id, 0: the first) of the first
+    ``n_photos`` people who have it and at least one more: another index gives fresh probes for checking settings
+    that were chosen on the default ones."""
     photos = sorted(read_labels(faces_dir), key=lambda p: p.image_id)
     counts: dict[str, int] = {}
     for photo in photos:
         counts[photo.identity] = counts.get(photo.identity, 0) + 1
+    seen: dict[str, int] = {}
     probes: list[Probe] = []
     for photo in photos:
         rgb = load_photo(photo.path, max_pixels=faces_config.max_pixels).rgb
+        position = seen.get(photo.identity, 0)
+        seen[photo.identity] = position + 1
         wanted = (
-            counts[photo.identity] >= MIN_PHOTOS
+            counts[photo.identity] >= max(MIN_PHOTOS, probe_index + 1)
+            and position == probe_index
             and len(probes) < n_photos
-            and all(p.identity != photo.identity for p in probes)
         )
         faces = detect_with_config(rgb, detector, faces_config if wanted else judge.faces_config)
         if not faces:

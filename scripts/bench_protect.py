@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--n-photos", type=int, default=10)
     parser.add_argument("--far", default="0.01")
     parser.add_argument("--people", default=None, help="comma-separated identities to protect (default: all probes)")
+    parser.add_argument("--probe-index", type=int, default=0, help="which photo of each person is the probe (0: first)")
     parser.add_argument("--stages-from", type=Path, default=None, help="earlier --out whose stage-1 artifacts to reuse")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -50,7 +51,7 @@ def main() -> None:
     threshold = calibration["dlib_native"]["thresholds"][args.far]
     detector = detector_from_config(config.faces)
     judge = DlibJudge(detector, config.faces, threshold)
-    probes = load_probes_and_gallery(shared_faces_dir(), args.n_photos, judge, detector, config.faces)
+    probes = load_probes_and_gallery(shared_faces_dir(), args.n_photos, judge, detector, config.faces, args.probe_index)
     if args.people:
         wanted = set(args.people.split(","))
         probes = [p for p in probes if p.identity in wanted]

@@ -88,37 +88,31 @@ QUALITY_COLUMNS = {
     "lpips": ("LPIPS ↓", 4),
 }
 """Per-photo metrics in the quality table, their labels (↓: lower is better) and digits."""
+SET_QUALITY_COLUMNS = {"fid": ("FID", 4), "kid": ("KID", 4)}
+"""Set-level metrics (one value per method and region), labels and digits."""
 
 
 def quality_table(report: dict[str, Any]) -> str:
     """Mean face-box and whole-photo quality per method, one column per metric; then why any is n/a."""
-    metrics = [m for m in QUALITY_COLUMNS if any(m in r["quality"]["face"] for r in report["methods"].values())]
-    columns = [(region, metric) for region in ("face", "photo") for metric in metrics]
-    lines = [_row(["method"] + [f"{region} {QUALITY_COLUMNS[metric][0]}" for region, metric in columns])]
-    lines.append(_row(["---"] * (len(columns) + 1)))
-    reasons: set[str] = set()
-    for method, result in report["methods"].items():
-        values = [result["quality"][region].get(metric) for region, metric in columns]
-        reasons |= {v["unavailable"] for v in values if isinstance(v, dict)}
-        digits = [QUALITY_COLUMNS[metric][1] for _, metric in columns]
-        lines.append(_row([method] + [_number(v, d) for v, d in zip(values, digits)]))
-    notes = [f"n/a: {reason}" for reason in sorted(reasons)]
-    return "\n\n".join(["\n".join(lines), *notes])
-
-
-SET_METRICS = (("fid", "FID"), ("kid", "KID"))
+    return _region_metric_table(report, QUALITY_COLUMNS)
 
 
 def set_quality_table(report: dict[str, Any]) -> str:
     """FID / KID of each method's photos against the originals, face box and whole photo; then why any is n/a."""
-    columns = [(region, metric, label) for region in ("face", "photo") for metric, label in SET_METRICS]
-    lines = [_row(["method"] + [f"{region} {label}" for region, _, label in columns])]
+    return _region_metric_table(report, SET_QUALITY_COLUMNS)
+
+
+def _region_metric_table(report: dict[str, Any], labels: dict[str, tuple[str, int]]) -> str:
+    """Rows = methods, columns = region × the metrics of ``labels`` the report has; notes say why a cell is n/a."""
+    present = {m for r in report["methods"].values() for region in r["quality"].values() for m in region}
+    columns = [(region, metric) for region in ("face", "photo") for metric in labels if metric in present]
+    lines = [_row(["method"] + [f"{region} {labels[metric][0]}" for region, metric in columns])]
     lines.append(_row(["---"] * (len(columns) + 1)))
     reasons: set[str] = set()
     for method, result in report["methods"].items():
-        values = [result["quality"].get(region, {}).get(metric) for region, metric, _ in columns]
+        values = [result["quality"].get(region, {}).get(metric) for region, metric in columns]
         reasons |= {v["unavailable"] for v in values if isinstance(v, dict)}
-        lines.append(_row([method] + [_number(v, 4) for v in values]))
+        lines.append(_row([method] + [_number(v, labels[m][1]) for v, (_, m) in zip(values, columns)]))
     notes = [f"n/a: {reason}" for reason in sorted(reasons)]
     return "\n\n".join(["\n".join(lines), *notes])  # a blank line first, or markdown reads a note as a table row
 

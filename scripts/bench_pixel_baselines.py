@@ -144,11 +144,7 @@ def load_probes_and_gallery(
         rgb = load_photo(photo.path, max_pixels=faces_config.max_pixels).rgb
         position = seen.get(photo.identity, 0)
         seen[photo.identity] = position + 1
-        wanted = (
-            counts[photo.identity] >= max(MIN_PHOTOS, probe_index + 1)
-            and position == probe_index
-            and len(probes) < n_photos
-        )
+        wanted = counts[photo.identity] >= MIN_PHOTOS and position == probe_index and len(probes) < n_photos
         faces = detect_with_config(rgb, detector, faces_config if wanted else judge.faces_config)
         if not faces:
             print(f"skipping {photo.image_id}: no face detected")

@@ -11,9 +11,9 @@ import torch
 from open_clip.model import CLIP
 
 from facecloak.errors import ConfigError
-from facecloak.evaluation.robustness import DegradationConfig
 from facecloak.faces.templates import get_template
 from facecloak.losses.clip_loss import DirectionalCLIPLoss
+from facecloak.losses.degrade import DegradationConfig
 from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
 from facecloak.models.fr.zoo import load_fr_model
 from facecloak.models.stylegan2 import Generator, GeneratorConfig

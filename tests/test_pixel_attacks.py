@@ -23,10 +23,10 @@ from facecloak.attacks.pixel import (
 )
 from facecloak.config.compose import compose
 from facecloak.errors import ConfigError
-from facecloak.evaluation.robustness import DegradationConfig, RandomDegradation
 from facecloak.faces.crops import detect_with_config, detector_from_config
 from facecloak.faces.detect import Face
 from facecloak.io.images import load_photo
+from facecloak.losses.degrade import DegradationConfig, RandomDegradation
 from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
 from facecloak.models.fr.zoo import FaceEmbedder, load_fr_model
 

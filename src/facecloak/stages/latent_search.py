@@ -9,7 +9,7 @@ while looking like the same photo with makeup:
 - ``L_adv`` (:class:`~facecloak.losses.identity.AdversarialIdentityLoss`) on the face region of the render, cropped
   differentiably onto each model's template from per-image five-point landmarks given in generator pixels (e.g.
   detected once on the pivot reconstruction); optionally through a randomly drawn differentiable degradation
-  (JPEG/resize/blur, :class:`~facecloak.evaluation.robustness.RandomDegradation`) for expectation over transformation;
+  (JPEG/resize/blur, :class:`~facecloak.losses.degrade.RandomDegradation`) for expectation over transformation;
 - ``L_clip`` (:class:`~facecloak.losses.clip_loss.DirectionalCLIPLoss`): the edit from the pivot reconstruction
   follows the CLIP text direction "face" → makeup prompt, on randomly perspective-warped views;
 - the latent term keeps the code near its pivot (sum of squares over the optimised slots, as the reference).
@@ -54,13 +54,13 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from facecloak.config.strict import from_plain_dict
 from facecloak.errors import ConfigError
-from facecloak.evaluation.robustness import DegradationConfig, RandomDegradation
 from facecloak.losses.clip_loss import (
     DEFAULT_DISTORTION_SCALE,
     DEFAULT_SOURCE_TEXT,
     DirectionalCLIPLoss,
     load_clip_loss,
 )
+from facecloak.losses.degrade import DegradationConfig, RandomDegradation
 from facecloak.losses.identity import MODES, AdversarialIdentityLoss, IdentityReference, Mode, passes_thresholds
 from facecloak.models.stylegan2 import Generator
 

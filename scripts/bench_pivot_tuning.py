@@ -23,7 +23,8 @@ import torch
 
 from facecloak.models.stylegan2 import Generator, GeneratorConfig
 from facecloak.stages.artifacts import save_artifact
-from facecloak.stages.pivot_tuning import PivotTuningConfig, tune_images
+from facecloak.stages.pivot_tuning import tune_images
+from facecloak.stages.pivot_tuning_config import PivotTuningConfig
 
 STYLE_DIM = 512
 N_MLP = 8

@@ -37,10 +37,10 @@ import torch
 
 from facecloak.attacks.pixel import PIXEL_ATTACKS, PixelAttackConfig, build_pixel_attack, protect_photo_pixels
 from facecloak.config.compose import compose
-from facecloak.config.schema import FacesConfig
 from facecloak.errors import ConfigError
 from facecloak.evaluation.quality import measure_quality
 from facecloak.evaluation.robustness import apply_transform
+from facecloak.faces.config import FacesConfig
 from facecloak.faces.crops import box_iou, crop_for_template, detect_with_config, detector_from_config
 from facecloak.faces.detect import Face, FaceDetector
 from facecloak.io.images import load_photo

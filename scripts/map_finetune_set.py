@@ -31,13 +31,8 @@ from facecloak.losses.identity import AdversarialIdentityLoss
 from facecloak.models.ddpm import DDPMConfig, DDPMUNet
 from facecloak.models.faceapi import load_faceapi_model
 from facecloak.models.fr.zoo import load_fr_model
-from facecloak.stages.score_finetune import (
-    ScoreFinetune,
-    ScoreFinetuneConfig,
-    prepare_finetune_faces,
-    save_finetuned,
-    square_face_crop,
-)
+from facecloak.stages.score_finetune import ScoreFinetune, prepare_finetune_faces, save_finetuned, square_face_crop
+from facecloak.stages.score_finetune_config import ScoreFinetuneConfig
 
 MAX_PHOTO_SIDE = 640
 

@@ -41,15 +41,13 @@ from facecloak.models.faceapi import load_faceapi_model
 from facecloak.models.fr.zoo import load_fr_model
 from facecloak.paths import shared_faces_dir
 from facecloak.stages.score_finetune import (
-    FACE_CROP_SCALE,
-    LossWeights,
     ScoreFinetune,
-    ScoreFinetuneConfig,
     prepare_finetune_faces,
     protect_with_finetuned,
     save_finetuned,
     square_face_crop,
 )
+from facecloak.stages.score_finetune_config import FACE_CROP_SCALE, LossWeights, ScoreFinetuneConfig
 
 RESOLUTION = 64
 TINY_UNET = DDPMConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,), resolution=RESOLUTION)

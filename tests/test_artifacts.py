@@ -19,7 +19,8 @@ from facecloak.stages.artifacts import (
     load_artifact,
     save_artifact,
 )
-from facecloak.stages.pivot_tuning import apply_deltas, psnr, tune_images
+from facecloak.stages.pivot_tuning import psnr, tune_images
+from facecloak.stages.tuned_generator import apply_deltas
 from test_pivot_tuning import CONFIG, TRAINER
 from test_projector import FAST, TINY, load_real_faces, tiny_generator
 

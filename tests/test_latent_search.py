@@ -20,8 +20,6 @@ from facecloak.models.stylegan2 import Generator, GeneratorConfig
 from facecloak.stages.latent_search import (
     TRAINER_DEFAULTS,
     AdversarialLatentSearch,
-    LatentSearchConfig,
-    default_layers,
     fit_quietly,
     gaussian_blur,
     jitter_landmarks,
@@ -29,6 +27,7 @@ from facecloak.stages.latent_search import (
     shape_change,
     texture_visibility,
 )
+from facecloak.stages.latent_search_config import LatentSearchConfig, default_layers
 from test_clip_loss import tiny_clip_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -156,7 +155,7 @@ def test_config_is_validated_with_the_key_named() -> None:
     ):
         with pytest.raises(ConfigError, match=key):
             LatentSearchConfig(**kwargs)
-    with pytest.raises(ConfigError, match="unknown latent_search config keys"):
+    with pytest.raises(ConfigError, match="unknown search config keys"):
         LatentSearchConfig.from_dict({"learning_rate": 0.1})
     config = LatentSearchConfig(layers=[9, 4], fr_degradation=DegradationConfig())
     assert config.layers == (9, 4)

@@ -10,15 +10,9 @@ import torch
 
 from facecloak.errors import ConfigError
 from facecloak.inversion import project
-from facecloak.stages.pivot_tuning import (
-    PivotTuning,
-    PivotTuningConfig,
-    TuningResult,
-    apply_deltas,
-    image_noise,
-    tune_images,
-    tuned_parameter_names,
-)
+from facecloak.stages.pivot_tuning import PivotTuning, image_noise, tune_images
+from facecloak.stages.pivot_tuning_config import PivotTuningConfig
+from facecloak.stages.tuned_generator import TuningResult, apply_deltas, tuned_parameter_names
 from test_projector import FAST, TINY, load_real_faces, tiny_generator
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -160,7 +154,7 @@ def test_noise_maps_depend_on_the_image_id_only() -> None:
 
 def test_bad_arguments_are_refused(photos) -> None:
     ids, images, pivots, _ = photos
-    with pytest.raises(ConfigError, match=r"PivotTuningConfig\.steps"):
+    with pytest.raises(ConfigError, match=r"pivot\.steps"):
         tune_images(tiny_generator(), images, pivots, ids, CONFIG, {"max_steps": 3})
     with pytest.raises(ValueError, match="unique id"):
         tune_images(tiny_generator(), images, pivots, ["a", "a", "b"], CONFIG, TRAINER)

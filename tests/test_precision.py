@@ -14,8 +14,10 @@ from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
 from facecloak.models.fr.zoo import load_fr_model
 from facecloak.models.stylegan2 import Generator, GeneratorConfig
 from facecloak.runtime.trainer import TrainerConfig
-from facecloak.stages.latent_search import LatentSearchConfig, search_latents
-from facecloak.stages.pivot_tuning import PivotTuningConfig, tune_images
+from facecloak.stages.latent_search import search_latents
+from facecloak.stages.latent_search_config import LatentSearchConfig
+from facecloak.stages.pivot_tuning import tune_images
+from facecloak.stages.pivot_tuning_config import PivotTuningConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TINY = GeneratorConfig(size=64, style_dim=64, n_mlp=2, channel_base=512, channel_max=32)

@@ -23,14 +23,13 @@ from facecloak.models.faceapi import load_faceapi_model
 from facecloak.models.fr.zoo import load_fr_model
 from facecloak.stages.score_finetune import (
     FinetuneFaces,
-    LossWeights,
     ScoreFinetune,
-    ScoreFinetuneConfig,
     prepare_finetune_faces,
     protect_with_finetuned,
     save_finetuned,
     square_face_crop,
 )
+from facecloak.stages.score_finetune_config import LossWeights, ScoreFinetuneConfig
 
 RESOLUTION = 16  # the mechanics, not the quality, are under test: keep the UNet tiny so the file runs in seconds
 TINY = DDPMConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=RESOLUTION)

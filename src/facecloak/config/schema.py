@@ -1,5 +1,7 @@
-"""Typed schemas for every configuration group; a bad value fails at start with a message naming its key.
+"""The whole run configuration: one field per config section, each section's dataclass owned by its layer.
 
+This module only aggregates: faces, stages and runtime define (and validate) their own sections and import nothing
+from here; what lives here are the job-level sections no lower layer owns (weights, fr, generator, protect, map).
 OmegaConf checks key names and types when a YAML file is merged into these dataclasses; ``__post_init__``
 checks value ranges when the merged config is turned into objects (:func:`facecloak.config.compose.compose`).
 """
@@ -9,20 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 
 from facecloak.errors import ConfigError
+from facecloak.faces.config import FacesConfig
 from facecloak.inversion.projector import ProjectorConfig
 from facecloak.models.ddpm import DDPMConfig
 from facecloak.runtime.trainer import LoggerConfig, TrainerConfig
-from facecloak.stages.latent_search import LatentSearchConfig
-from facecloak.stages.pivot_tuning import PivotTuningConfig
-from facecloak.stages.score_finetune import FACE_CROP_SCALE, ScoreFinetuneConfig
+from facecloak.stages.latent_search_config import LatentSearchConfig
+from facecloak.stages.pivot_tuning_config import PivotTuningConfig
+from facecloak.stages.score_finetune_config import FACE_CROP_SCALE, ScoreFinetuneConfig
+from facecloak.validate import require
 
-KNOWN_DETECTORS = ("mtcnn", "scrfd")
 DEFAULT_FAR_LEVELS = (0.1, 0.01, 0.001)
-
-
-def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"config key '{key}': {message}")
 
 
 @dataclass
@@ -30,39 +28,6 @@ class WeightsConfig:
     """Where fetched weights are cached (``None``: ``$FACECLOAK_CHECKPOINTS`` or ``checkpoints/``)."""
 
     cache_dir: str | None = None
-
-
-@dataclass
-class FacesConfig:
-    """Face detection and alignment for full photos."""
-
-    detector: str = "mtcnn"
-    # MTCNN: smallest face side in pixels, and the P/R/O-Net score thresholds (facenet-pytorch defaults).
-    min_face_size: int = 20
-    thresholds: list[float] = field(default_factory=lambda: [0.6, 0.7, 0.7])
-    # Detection runs on a copy downscaled to this longest side; landmarks are mapped back to the full photo.
-    detect_max_side: int = 1600
-    # Photos with more pixels are refused (decompression-bomb guard); raise it for gigapixel scans.
-    max_pixels: int = 100_000_000
-    # Replace the detector's five points by ones derived from dlib's 68-point predictor (eye centres from six
-    # contour points each). On the shared photo set this lifts the weaker recognisers' ROC-AUC (faceres-deep
-    # 0.982 -> 0.984) because MTCNN's eye points are coarse; see docs/benchmarks.md.
-    refine_landmarks: bool = True
-    # Output size of FFHQ-style crops for the generator (the FFHQ recipe uses 1024).
-    ffhq_size: int = 1024
-    scrfd_model: str | None = None
-
-    def __post_init__(self) -> None:
-        _require(self.detector in KNOWN_DETECTORS, "faces.detector", f"must be one of {KNOWN_DETECTORS}")
-        _require(self.min_face_size >= 8, "faces.min_face_size", "must be at least 8 pixels")
-        _require(
-            len(self.thresholds) == 3 and all(0 < t < 1 for t in self.thresholds),
-            "faces.thresholds",
-            "needs three MTCNN stage thresholds in (0, 1)",
-        )
-        _require(self.detect_max_side >= 64, "faces.detect_max_side", "must be at least 64")
-        _require(self.max_pixels > 0, "faces.max_pixels", "must be positive")
-        _require(16 <= self.ffhq_size <= 1024, "faces.ffhq_size", "must be between 16 and 1024")
 
 
 @dataclass
@@ -84,14 +49,14 @@ class FRConfig:
                     entry = get_entry(name)
                 except ConfigError as err:
                     raise ConfigError(f"config key 'fr.{key}': {err}") from err
-                _require(entry.kind == "face_recognition", f"fr.{key}", f"'{name}' is not a face-recognition model")
+                require(entry.kind == "face_recognition", f"fr.{key}", f"'{name}' is not a face-recognition model")
         for attacked in self.attacked:
             for held in self.held_out:
                 same = get_entry(attacked).same_network_as == held or get_entry(held).same_network_as == attacked
-                _require(not same, "fr.attacked", f"'{attacked}' is the same network as held-out '{held}'")
+                require(not same, "fr.attacked", f"'{attacked}' is the same network as held-out '{held}'")
         overlap = set(self.attacked) & set(self.held_out)
-        _require(not overlap, "fr.held_out", f"{sorted(overlap)} cannot be attacked and held out at once")
-        _require(all(0 < f < 1 for f in self.far_levels), "fr.far_levels", "false-accept rates must be in (0, 1)")
+        require(not overlap, "fr.held_out", f"{sorted(overlap)} cannot be attacked and held out at once")
+        require(all(0 < f < 1 for f in self.far_levels), "fr.far_levels", "false-accept rates must be in (0, 1)")
 
 
 METHODS = ("clip2protect", "map")
@@ -123,9 +88,9 @@ class GeneratorSettings:
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
 
     def __post_init__(self) -> None:
-        _require(self.inversion in INVERSIONS, "generator.inversion", f"must be one of {INVERSIONS}")
-        _require(self.size >= 8 and self.size & (self.size - 1) == 0, "generator.size", "must be a power of two")
-        _require(self.channel_max >= 1 and self.channel_base >= 1, "generator.channel_max", "must be positive")
+        require(self.inversion in INVERSIONS, "generator.inversion", f"must be one of {INVERSIONS}")
+        require(self.size >= 8 and self.size & (self.size - 1) == 0, "generator.size", "must be a power of two")
+        require(self.channel_max >= 1 and self.channel_base >= 1, "generator.channel_max", "must be positive")
 
 
 @dataclass
@@ -149,17 +114,15 @@ class ProtectSettings:
     keep_stage_checkpoints: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.method in METHODS, "protect.method", f"must be one of {METHODS}")
-        _require(self.mode in PROTECT_MODES, "protect.mode", f"must be one of {PROTECT_MODES}")
-        _require(
-            self.mode == "dodge" or self.target is not None, "protect.target", "impersonation needs a target photo"
-        )
-        _require(0 < self.far < 1, "protect.far", "must be in (0, 1)")
-        _require(self.paste in PASTE_MODES, "protect.paste", f"must be one of {PASTE_MODES}")
-        _require(0 <= self.feather < 0.5, "protect.feather", "must be in [0, 0.5)")
-        _require(self.output_format in OUTPUT_FORMATS, "protect.output_format", f"must be one of {OUTPUT_FORMATS}")
-        _require(1 <= self.jpeg_quality <= 100, "protect.jpeg_quality", "must be in [1, 100]")
-        _require(self.max_faces >= 1, "protect.max_faces", "must be at least 1")
+        require(self.method in METHODS, "protect.method", f"must be one of {METHODS}")
+        require(self.mode in PROTECT_MODES, "protect.mode", f"must be one of {PROTECT_MODES}")
+        require(self.mode == "dodge" or self.target is not None, "protect.target", "impersonation needs a target photo")
+        require(0 < self.far < 1, "protect.far", "must be in (0, 1)")
+        require(self.paste in PASTE_MODES, "protect.paste", f"must be one of {PASTE_MODES}")
+        require(0 <= self.feather < 0.5, "protect.feather", "must be in [0, 0.5)")
+        require(self.output_format in OUTPUT_FORMATS, "protect.output_format", f"must be one of {OUTPUT_FORMATS}")
+        require(1 <= self.jpeg_quality <= 100, "protect.jpeg_quality", "must be in [1, 100]")
+        require(self.max_faces >= 1, "protect.max_faces", "must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -219,15 +182,15 @@ class MapSettings(ScoreFinetuneConfig):
             expression_index(self.expression)
         except ConfigError as err:
             raise ConfigError(f"config key 'map.expression': {err}") from err
-        _require(self.steps >= 1, "map.steps", "must be at least 1")
-        _require(self.checkpoint_every >= 1, "map.checkpoint_every", "must be at least 1")
-        _require(self.crop_scale >= 1.0, "map.crop_scale", "must be at least 1 (the crop holds the whole face box)")
+        require(self.steps >= 1, "map.steps", "must be at least 1")
+        require(self.checkpoint_every >= 1, "map.checkpoint_every", "must be at least 1")
+        require(self.crop_scale >= 1.0, "map.crop_scale", "must be at least 1 (the crop holds the whole face box)")
         if self.network is not None:
             try:
                 kind = get_entry(self.network).kind
             except ConfigError as err:
                 raise ConfigError(f"config key 'map.network': {err}") from err
-            _require(kind == "diffusion", "map.network", f"'{self.network}' is not a diffusion score network")
+            require(kind == "diffusion", "map.network", f"'{self.network}' is not a diffusion score network")
 
     def finetune_config(self) -> ScoreFinetuneConfig:
         """The fine-tuning stage's own options (this section without the job's keys)."""
@@ -252,7 +215,7 @@ class AppConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             self.device == "cpu" or self.device.startswith(("cuda", "mps")),
             "device",
             "must be 'cpu', 'cuda', 'cuda:N' or 'mps'",
@@ -260,7 +223,7 @@ class AppConfig:
         # MAP's identity objective is the job's protect.mode; an explicit, different map.identity_mode is refused.
         if self.map.identity_mode != self.protect.mode:
             default = ScoreFinetuneConfig.identity_mode
-            _require(
+            require(
                 self.map.identity_mode == default,
                 "map.identity_mode",
                 f"follows protect.mode ('{self.protect.mode}'); set protect.mode (or --target) instead",

@@ -11,8 +11,8 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from facecloak.config.schema import FacesConfig
 from facecloak.faces.align import align_face
+from facecloak.faces.config import FacesConfig
 from facecloak.faces.detect import Face, FaceDetector, build_detector, dlib_landmarks68, landmarks5_from_68
 from facecloak.faces.templates import get_template
 

@@ -223,7 +223,8 @@ class FaceInverter(PhotoJob):
     def invert_and_tune(self, work: AlignedWork, face_id: str) -> Any:
         """Stage 1 for one face: pivot (e4e or projector) and pivot tuning; resumes from a stored artifact."""
         from facecloak.stages.artifacts import StageTwoInputs, load_artifact, save_artifact
-        from facecloak.stages.pivot_tuning import apply_deltas, tune_images
+        from facecloak.stages.pivot_tuning import tune_images
+        from facecloak.stages.tuned_generator import apply_deltas
 
         if self.stage_dir is not None:
             try:

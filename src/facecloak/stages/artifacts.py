@@ -7,7 +7,7 @@ tuned weight names and the run's metrics. Both files are written to a temporary 
 first, so a crash never leaves a half-written artifact, and the JSON's presence marks a complete one.
 
 Stage 2 gets exactly the generator stage 1 measured: pivot tuning defines the tuned generator as
-``base + float(fp16(delta))`` (:func:`facecloak.stages.pivot_tuning.apply_deltas`), and loading applies the same
+``base + float(fp16(delta))`` (:func:`facecloak.stages.tuned_generator.apply_deltas`), and loading applies the same
 function to the stored fp16 offsets. An offset is only meaningful for the base it was taken from, so the artifact
 records a SHA-256 fingerprint of every base tensor and loading refuses any other base.
 """
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from facecloak.errors import CorruptWeightsError, MissingWeightsError, WeightsError
 from facecloak.models.stylegan2 import Generator
-from facecloak.stages.pivot_tuning import TuningResult, apply_deltas, tuned_parameter_names
+from facecloak.stages.tuned_generator import TuningResult, apply_deltas, tuned_parameter_names
 
 FORMAT_VERSION = 1
 """Bumped whenever the layout of the files changes; loading refuses other versions."""

@@ -44,7 +44,7 @@ import re
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, cast
 
 import lightning as L
@@ -52,28 +52,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from facecloak.config.strict import from_plain_dict
 from facecloak.errors import ConfigError
 from facecloak.losses.clip_loss import (
-    DEFAULT_DISTORTION_SCALE,
-    DEFAULT_SOURCE_TEXT,
     DirectionalCLIPLoss,
     load_clip_loss,
 )
-from facecloak.losses.degrade import DegradationConfig, RandomDegradation
-from facecloak.losses.identity import MODES, AdversarialIdentityLoss, IdentityReference, Mode, passes_thresholds
+from facecloak.losses.degrade import RandomDegradation
+from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference, Mode, passes_thresholds
 from facecloak.models.stylegan2 import Generator
-
-# --- configuration ---------------------------------------------------------------------------------------------------
-
-FINE_SLOTS_BEFORE_HALF = 1
-"""Default trainable W+ slots start this many slots before the midpoint: 18 slots give the reference's 8–17."""
-
-REFERENCE_NOISE_MAX_RESOLUTION = 256
-"""Largest optimised noise map: the reference optimises maps whose side is below 512."""
-
-MAX_CROP_JITTER = 0.5
-"""FR crop jitter at or beyond this (±50 % scale, ±0.5 rad, half an eye distance of shift) no longer shows a face."""
+from facecloak.stages.latent_search_config import LatentSearchConfig, default_layers
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 """ITU-R BT.601 luma: the grey part of a change that ``change_chroma`` keeps whole."""
@@ -89,119 +76,6 @@ TEXTURE_FULL_CONTRAST = 0.08
 """Local contrast (:func:`texture_visibility`, luma in [0, 1]) at which a place counts as fully textured. Measured on
 the shared photos' 128 px face crops: the 90th percentile of sharp faces is 0.09-0.13, smooth skin's 10th percentile
 0.005-0.02, and an out-of-focus face in a crowd stays below 0.005 throughout, so it is treated as smooth skin."""
-
-MAX_SEED = 2**31 - 1
-"""Seeds are combined with a 32-bit hash of the image id into one 64-bit generator seed."""
-
-
-def default_layers(n_latent: int) -> tuple[int, ...]:
-    """The fine W+ slots CLIP2Protect edits: ``n_latent // 2 - 1`` onward (8–17 of config-f's 18)."""
-    return tuple(range(max(0, n_latent // 2 - FINE_SLOTS_BEFORE_HALF), n_latent))
-
-
-@dataclass(frozen=True)
-class LatentSearchConfig:
-    """Stage-2 settings; defaults are CLIP2Protect's (``main.py`` arguments of the adversarial optimisation)."""
-
-    lambda_adv: float = 0.7
-    lambda_clip: float = 0.3
-    lambda_latent: float = 0.01
-    lr: float = 0.01
-    """Adam learning rate for latents and noise."""
-    steps: int = 50
-    layers: tuple[int, ...] | None = None
-    """Trainable W+ slots; None: :func:`default_layers` of the generator."""
-    optimize_noise: bool = True
-    noise_max_resolution: int = REFERENCE_NOISE_MAX_RESOLUTION
-    """Noise maps up to this side are optimised (with ``optimize_noise``); larger ones stay fixed."""
-    identity_mode: str = "impersonate"
-    """``impersonate`` (the reference default) or ``dodge``; must match the identity loss."""
-    early_stop: bool = True
-    """Freeze an image once every attacked model passes its threshold with ``early_stop_margin``."""
-    early_stop_margin: float = 0.0
-    lambda_fidelity: float = 0.0
-    """Weight of the per-image pixel MSE between the render and the pivot render (0: the paper's loss). Useful when
-    the generator has no face prior (offline preset) and CLIP is off, so nothing else keeps the edit small."""
-    max_delta: float | None = None
-    """With an anchor (delta paste-back), soft L∞ bound on the change, ``max_delta · tanh(Δ / max_delta)`` in [0, 1]
-    units; None: unbounded (the paper)."""
-    change_blur_sigma: float = 0.0
-    """With an anchor, Gaussian low-pass of the bounded change (sigma in generator pixels) before it is masked:
-    the pasted change holds no fine texture, only smooth shading; 0: the change as rendered."""
-    change_chroma: float = 1.0
-    """With an anchor, the share of the change's colour (its deviation from grey) that is kept: 0 makes the change
-    luminance only (shading, no colour patches), 1 keeps it as rendered."""
-    change_flat_share: float = 1.0
-    """With an anchor, the share of the change kept on flat, untextured parts of the photo's crop (smooth skin, an
-    out-of-focus face); textured parts (brows, lashes, lips, beard, hair line) keep all of it, with a smooth ramp
-    between (:func:`texture_visibility`). Contrast masking: the eye misses a change inside texture and sees it on
-    smooth skin. 1: the same everywhere."""
-    fr_crop_jitter: float = 0.0
-    """Input diversity on the face-recognition branch: every step each image's FR crop is moved by a random
-    similarity (scale in 1 ± j, rotation within ± j radians, shift within ± j of the eye distance), so the change
-    does not depend on one exact alignment (the held-out model aligns faces its own way); 0: the exact crop."""
-    makeup_prompt: str = "red lipstick"
-    source_text: str = DEFAULT_SOURCE_TEXT
-    clip_distortion_scale: float | None = DEFAULT_DISTORTION_SCALE
-    """Random-perspective strength on the CLIP branch; None turns the augmentation off."""
-    clip_num_augmentations: int = 1
-    """Augmented views per image on the CLIP branch (reference ``--num_aug``)."""
-    fr_degradation: DegradationConfig | None = None
-    """Expectation over transformation on the face-recognition branch; None: the clean render."""
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.lambda_fidelity < 0:
-            raise ConfigError(f"latent_search.lambda_fidelity must be >= 0, got {self.lambda_fidelity}")
-        if self.max_delta is not None and not 0 < self.max_delta <= 1:
-            raise ConfigError(f"latent_search.max_delta must be in (0, 1] or null, got {self.max_delta}")
-        if self.change_blur_sigma < 0:
-            raise ConfigError(f"latent_search.change_blur_sigma must be >= 0, got {self.change_blur_sigma}")
-        if not 0 <= self.change_chroma <= 1:
-            raise ConfigError(f"latent_search.change_chroma must be in [0, 1], got {self.change_chroma}")
-        if not 0 < self.change_flat_share <= 1:
-            raise ConfigError(f"latent_search.change_flat_share must be in (0, 1], got {self.change_flat_share}")
-        if not 0 <= self.fr_crop_jitter < MAX_CROP_JITTER:
-            raise ConfigError(
-                f"latent_search.fr_crop_jitter must be in [0, {MAX_CROP_JITTER}), got {self.fr_crop_jitter}"
-            )
-        if isinstance(self.fr_degradation, Mapping):
-            object.__setattr__(self, "fr_degradation", DegradationConfig(**self.fr_degradation))
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
-        for key in ("lambda_adv", "lambda_clip", "lambda_latent", "early_stop_margin"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"latent_search.{key} must be >= 0, got {getattr(self, key)}")
-        if self.lambda_adv + self.lambda_clip + self.lambda_latent <= 0:
-            raise ConfigError("latent_search.lambda_adv, lambda_clip and lambda_latent are all zero: nothing to do")
-        if self.lr <= 0:
-            raise ConfigError(f"latent_search.lr must be positive, got {self.lr}")
-        for key in ("steps", "noise_max_resolution", "clip_num_augmentations"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"latent_search.{key} must be >= 1, got {getattr(self, key)}")
-        if self.layers is not None and (
-            not self.layers or min(self.layers) < 0 or len(set(self.layers)) != len(self.layers)
-        ):
-            raise ConfigError(f"latent_search.layers must be distinct non-negative W+ slots, got {self.layers}")
-        if self.identity_mode not in MODES:
-            raise ConfigError(f"latent_search.identity_mode={self.identity_mode!r} must be one of {list(MODES)}")
-        if self.clip_distortion_scale is not None and not 0 < self.clip_distortion_scale <= 1:
-            raise ConfigError(
-                f"latent_search.clip_distortion_scale must be in (0, 1] or null, got {self.clip_distortion_scale}"
-            )
-        if not self.makeup_prompt.strip():
-            raise ConfigError("latent_search.makeup_prompt must not be empty")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"latent_search.seed must be in [0, {MAX_SEED}], got {self.seed}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for logging and checkpoints."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> LatentSearchConfig:
-        """Build from a plain dict (e.g. a YAML section); unknown keys are an error, not silently dropped."""
-        return from_plain_dict(cls, values, "latent_search")
 
 
 ClipFactory = Callable[[LatentSearchConfig], DirectionalCLIPLoss]
@@ -313,7 +187,7 @@ class AdversarialLatentSearch(L.LightningModule):
         n_latent = generators[0].n_latent
         layers = config.layers if config.layers is not None else default_layers(n_latent)
         if max(layers) >= n_latent:
-            raise ConfigError(f"latent_search.layers={layers} names slots beyond the generator's {n_latent} W+ slots")
+            raise ConfigError(f"search.layers={layers} names slots beyond the generator's {n_latent} W+ slots")
 
         self.save_hyperparameters(
             ignore=[
@@ -377,7 +251,7 @@ class AdversarialLatentSearch(L.LightningModule):
             clip = (clip_factory or load_clip_for)(config)
             if clip.prompt is not None and clip.prompt != config.makeup_prompt:
                 raise ConfigError(
-                    f"latent_search.makeup_prompt={config.makeup_prompt!r} but the CLIP loss targets {clip.prompt!r}"
+                    f"search.makeup_prompt={config.makeup_prompt!r} but the CLIP loss targets {clip.prompt!r}"
                 )
         self.frozen = FrozenNetworks(generators, identity_loss.eval().requires_grad_(False), clip, reference)
 
@@ -711,9 +585,7 @@ def _check_identity(
 ) -> None:
     """The identity objective must match the config and hold a reference and threshold for every attacked model."""
     if identity.mode != config.identity_mode:
-        raise ConfigError(
-            f"latent_search.identity_mode={config.identity_mode!r} but the identity loss is {identity.mode!r}"
-        )
+        raise ConfigError(f"search.identity_mode={config.identity_mode!r} but the identity loss is {identity.mode!r}")
     missing = [name for name in identity.names if name not in thresholds]
     if missing:
         raise ConfigError(f"no verification threshold for attacked models {missing}; pass thresholds for each")
@@ -790,7 +662,7 @@ def search_latents(
     config = config or LatentSearchConfig()
     kwargs = {**TRAINER_DEFAULTS, **(trainer_kwargs or {})}
     if "max_steps" in kwargs:
-        raise ConfigError("set the number of steps with latent_search.steps, not trainer max_steps")
+        raise ConfigError("set the number of steps with search.steps, not trainer max_steps")
     kwargs["max_steps"] = config.steps
     module = AdversarialLatentSearch(
         generator,

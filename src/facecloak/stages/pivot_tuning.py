@@ -28,7 +28,6 @@ import time
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -39,81 +38,10 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from facecloak.errors import ConfigError
 from facecloak.inversion.projector import per_image_mse
-from facecloak.losses.perceptual import PERCEPTUAL_CHOICES, build_perceptual, resize_for_loss
-from facecloak.models.stylegan2 import Generator, load_generator_state
-
-
-@dataclass(frozen=True)
-class PivotTuningConfig:
-    """Pivot-tuning settings; defaults are CLIP2Protect's stage-1 recipe."""
-
-    lr: float = 5e-4
-    """Adam learning rate (CLIP2Protect ``--gt_lr``)."""
-    steps: int = 150
-    """Optimisation steps per image (CLIP2Protect ``--num_steps``); the Trainer's ``max_steps``."""
-    mse_weight: float = 0.1
-    """Weight of the pixel MSE next to the perceptual distance (CLIP2Protect ``pivot_tuning.py``)."""
-    loss_size: int = 256
-    """Resolution at which both images are compared (CLIP2Protect resizes to 256)."""
-    perceptual: str = "auto"
-    early_stop_perceptual: float | None = None
-    """Stop an image once its perceptual loss is at most this (PTI uses 0.06 with LPIPS); None: run every step."""
-    batch_size: int = 1
-    """Images tuned together in one run (each still gets its own generator)."""
-    noise_seed: int = 0
-    """Seed of the frozen noise maps, combined with each image id (used when no noise maps are given)."""
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ConfigError(f"PivotTuningConfig.lr must be positive, got {self.lr}")
-        for name in ("steps", "loss_size", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"PivotTuningConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.mse_weight < 0:
-            raise ConfigError(f"PivotTuningConfig.mse_weight must be >= 0, got {self.mse_weight}")
-        if self.perceptual not in PERCEPTUAL_CHOICES:
-            raise ConfigError(f"PivotTuningConfig.perceptual must be in {PERCEPTUAL_CHOICES}, got {self.perceptual!r}")
-        if self.early_stop_perceptual is not None and self.early_stop_perceptual <= 0:
-            raise ConfigError(
-                f"PivotTuningConfig.early_stop_perceptual must be positive or null, got {self.early_stop_perceptual}"
-            )
-
-
-MAPPING_PREFIX = "style."
-"""State-dict prefix of the mapping network, which pivot tuning leaves alone."""
-
-
-@dataclass
-class TuningResult:
-    """Everything stage 2 needs for one photo, keyed by its id, plus the reconstruction metrics of the run."""
-
-    image_id: str
-    pivot: Tensor
-    """W+ code ``[n_latent, style_dim]``."""
-    noise: list[Tensor]
-    """Frozen noise maps ``[1, 1, r, r]``."""
-    deltas: dict[str, Tensor]
-    """fp16 offsets of the tuned synthesis weights; the tuned generator is ``base + delta.float()``."""
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-# --- the tuned generator ---------------------------------------------------------------------------------------------
-
-
-def tuned_parameter_names(generator: Generator) -> tuple[str, ...]:
-    """State-dict names of the weights pivot tuning changes: every synthesis parameter."""
-    return tuple(name for name, _ in generator.named_parameters() if not name.startswith(MAPPING_PREFIX))
-
-
-def apply_deltas(base: Generator, deltas: Mapping[str, Tensor]) -> Generator:
-    """The tuned generator, ``base + delta.float()``: the one definition stage 1 reports and stage 2 uses."""
-    state = base.state_dict()
-    unknown = set(deltas) - set(tuned_parameter_names(base))
-    if unknown:
-        raise ValueError(f"deltas name weights that pivot tuning does not tune: {sorted(unknown)[:5]}")
-    for name, delta in deltas.items():
-        state[name] = state[name] + delta.to(device=state[name].device, dtype=state[name].dtype)
-    return load_generator_state(state, base.config)
+from facecloak.losses.perceptual import build_perceptual, resize_for_loss
+from facecloak.models.stylegan2 import Generator
+from facecloak.stages.pivot_tuning_config import PivotTuningConfig
+from facecloak.stages.tuned_generator import TuningResult, tuned_parameter_names
 
 
 def image_noise(generator: Generator, image_id: str, seed: int) -> list[Tensor]:
@@ -327,7 +255,7 @@ def tune_images(
         )
     kwargs = {**TRAINER_DEFAULTS, **(trainer_kwargs or {})}
     if "max_steps" in kwargs:
-        raise ConfigError("set the number of tuning steps with PivotTuningConfig.steps, not trainer max_steps")
+        raise ConfigError("set the number of tuning steps with pivot.steps, not trainer max_steps")
     kwargs["max_steps"] = config.steps
     if noise is None:
         per_image = [image_noise(generator, i, config.noise_seed) for i in ids]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -45,101 +45,25 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from facecloak.config.strict import from_plain_dict
 from facecloak.diffusion import GradMode, NoiseSchedule, ddim_generate, ddim_invert
 from facecloak.errors import ConfigError
 from facecloak.faces.align import transform_points, warp_image
 from facecloak.faces.detect import Face
-from facecloak.losses.expression import DEFAULT_BOX_MARGIN, ExpressionObjective, face_boxes_from_landmarks, faceapi_crop
+from facecloak.losses.expression import ExpressionObjective, face_boxes_from_landmarks, faceapi_crop
 from facecloak.losses.gradient_projection import GradientProjector, flatten_grads, gradient_cosine, unflatten_like
-from facecloak.losses.identity import MODES, AdversarialIdentityLoss, IdentityReference
+from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
 from facecloak.losses.landmark_smoothness import laplacian_coordinates, laplacian_smoothness_loss, mesh_laplacian
 from facecloak.models.ddpm import DDPMUNet
+from facecloak.stages.score_finetune_config import FACE_CROP_SCALE, ScoreFinetuneConfig
 
 SSIM_WINDOW = 11
 """Gaussian window of the SSIM fidelity term (Wang et al. 2004)."""
-
-FACE_CROP_SCALE = 1.6
-"""Side of the square network input relative to the detector box's larger side: the whole head with a little
-background, roughly the framing of the CelebA-HQ images the reference score network was trained on."""
 
 SEED_STRIDE = 1_000_003
 """Separates the per-step random streams of different seeds (a prime, so seed·stride + step never collides early)."""
 
 Composite = Literal["delta", "replace"]
 """How a regenerated face enters the shared photo (as in ``protect.paste``): its change, or the face itself."""
-
-
-# --- configuration ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weight of each loss term; identity and expression are projected against each other, the rest added."""
-
-    identity: float = 1.0
-    expression: float = 1.0
-    pixel: float = 1.0
-    ssim: float = 0.5
-    landmark: float = 1.0
-    score: float = 1.0
-
-    def __post_init__(self) -> None:
-        negative = {name: value for name, value in asdict(self).items() if value < 0}
-        if negative:
-            raise ConfigError(f"map.weights must be non-negative, got {negative}")
-
-
-@dataclass(frozen=True)
-class ScoreFinetuneConfig:
-    """Options of the MAP fine-tuning stage; defaults follow DiffusionCLIP's fine-tuning (t0 = 500, 40/6 steps)."""
-
-    expression: str = "happy"
-    identity_mode: str = "dodge"
-    t0: int = 500
-    inversion_steps: int = 40
-    generation_steps: int = 6
-    grad_mode: str = "full"
-    lr: float = 8e-6
-    weights: LossWeights = field(default_factory=LossWeights)
-    project_gradients: bool = True
-    gradient_ema: float = 0.0
-    max_grad_norm: float | None = None
-    box_margin: float = DEFAULT_BOX_MARGIN
-    landmark_scale_invariant: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.weights, Mapping):
-            object.__setattr__(self, "weights", LossWeights(**self.weights))
-        if self.identity_mode not in MODES:
-            raise ConfigError(f"map.identity_mode={self.identity_mode!r} must be one of {list(MODES)}")
-        if self.grad_mode not in get_args(GradMode) or self.grad_mode == "none":
-            raise ConfigError(f"map.grad_mode={self.grad_mode!r} must be one of full, checkpoint, detach")
-        if self.t0 < 1:
-            raise ConfigError(f"map.t0={self.t0} must be a positive timestep")
-        if self.inversion_steps < 2 or self.generation_steps < 2:
-            raise ConfigError(
-                f"map.inversion_steps={self.inversion_steps} and map.generation_steps={self.generation_steps} "
-                "must be at least 2"
-            )
-        if self.lr <= 0:
-            raise ConfigError(f"map.lr={self.lr} must be positive")
-        if not 0.0 <= self.gradient_ema < 1.0:
-            raise ConfigError(f"map.gradient_ema={self.gradient_ema} must be in [0, 1) (0 turns the EMA off)")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ConfigError(f"map.max_grad_norm={self.max_grad_norm} must be positive or null")
-        if self.box_margin <= 0:
-            raise ConfigError(f"map.box_margin={self.box_margin} must be positive")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for logging and checkpoints (no dataclass objects to unpickle)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ScoreFinetuneConfig:
-        """Build from a plain dict (e.g. a YAML section); unknown keys are an error, not silently dropped."""
-        return from_plain_dict(cls, values, "map")
 
 
 # --- data ------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Build a config dataclass from a plain dict, refusing unknown keys (a typo must never be silently dropped)."""
+"""Checks every config dataclass shares: a rule that names the user's key, and strict building from plain dicts.
+
+A leaf module (it imports only :mod:`facecloak.errors`), so each layer can validate its own config without
+importing the config layer above it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,12 @@ from typing import Any, TypeVar
 from facecloak.errors import ConfigError
 
 T = TypeVar("T")
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise a :class:`ConfigError` naming the user's config ``key`` (e.g. ``search.lr``) unless ``condition``."""
+    if not condition:
+        raise ConfigError(f"config key '{key}': {message}")
 
 
 def from_plain_dict(cls: type[T], values: Mapping[str, Any], section: str) -> T:

@@ -1,0 +1,42 @@
+"""Face detection and alignment settings (the ``faces`` config group), owned by the faces layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from facecloak.validate import require
+
+KNOWN_DETECTORS = ("mtcnn", "scrfd")
+
+
+@dataclass
+class FacesConfig:
+    """Face detection and alignment for full photos."""
+
+    detector: str = "mtcnn"
+    # MTCNN: smallest face side in pixels, and the P/R/O-Net score thresholds (facenet-pytorch defaults).
+    min_face_size: int = 20
+    thresholds: list[float] = field(default_factory=lambda: [0.6, 0.7, 0.7])
+    # Detection runs on a copy downscaled to this longest side; landmarks are mapped back to the full photo.
+    detect_max_side: int = 1600
+    # Photos with more pixels are refused (decompression-bomb guard); raise it for gigapixel scans.
+    max_pixels: int = 100_000_000
+    # Replace the detector's five points by ones derived from dlib's 68-point predictor (eye centres from six
+    # contour points each). On the shared photo set this lifts the weaker recognisers' ROC-AUC (faceres-deep
+    # 0.982 -> 0.984) because MTCNN's eye points are coarse; see docs/benchmarks.md.
+    refine_landmarks: bool = True
+    # Output size of FFHQ-style crops for the generator (the FFHQ recipe uses 1024).
+    ffhq_size: int = 1024
+    scrfd_model: str | None = None
+
+    def __post_init__(self) -> None:
+        require(self.detector in KNOWN_DETECTORS, "faces.detector", f"must be one of {KNOWN_DETECTORS}")
+        require(self.min_face_size >= 8, "faces.min_face_size", "must be at least 8 pixels")
+        require(
+            len(self.thresholds) == 3 and all(0 < t < 1 for t in self.thresholds),
+            "faces.thresholds",
+            "needs three MTCNN stage thresholds in (0, 1)",
+        )
+        require(self.detect_max_side >= 64, "faces.detect_max_side", "must be at least 64")
+        require(self.max_pixels > 0, "faces.max_pixels", "must be positive")
+        require(16 <= self.ffhq_size <= 1024, "faces.ffhq_size", "must be between 16 and 1024")

@@ -25,14 +25,16 @@ from torch.utils.data import DataLoader
 
 from facecloak.diffusion import NoiseSchedule
 from facecloak.faces.detect import build_detector
+from facecloak.faces.regions import square_face_crop
 from facecloak.io.images import load_photo
 from facecloak.losses.expression import ExpressionObjective
 from facecloak.losses.identity import AdversarialIdentityLoss
 from facecloak.models.ddpm import DDPMConfig, DDPMUNet
 from facecloak.models.faceapi import load_faceapi_model
 from facecloak.models.fr.zoo import load_fr_model
-from facecloak.stages.score_finetune import ScoreFinetune, prepare_finetune_faces, save_finetuned, square_face_crop
+from facecloak.stages.score_finetune import ScoreFinetune, save_finetuned
 from facecloak.stages.score_finetune_config import ScoreFinetuneConfig
+from facecloak.stages.score_finetune_data import prepare_finetune_faces
 
 MAX_PHOTO_SIDE = 640
 

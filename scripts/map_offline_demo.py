@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from facecloak.diffusion import NoiseSchedule, ddim_generate, ddim_invert
 from facecloak.faces.detect import build_detector
+from facecloak.faces.regions import FACE_CROP_SCALE, square_face_crop
 from facecloak.io.images import load_photo, save_png
 from facecloak.losses.expression import ExpressionObjective
 from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
@@ -40,14 +41,10 @@ from facecloak.models.ddpm import DDPMConfig, DDPMUNet
 from facecloak.models.faceapi import load_faceapi_model
 from facecloak.models.fr.zoo import load_fr_model
 from facecloak.paths import shared_faces_dir
-from facecloak.stages.score_finetune import (
-    ScoreFinetune,
-    prepare_finetune_faces,
-    protect_with_finetuned,
-    save_finetuned,
-    square_face_crop,
-)
-from facecloak.stages.score_finetune_config import FACE_CROP_SCALE, LossWeights, ScoreFinetuneConfig
+from facecloak.stages.score_finetune import ScoreFinetune, save_finetuned
+from facecloak.stages.score_finetune_config import LossWeights, ScoreFinetuneConfig
+from facecloak.stages.score_finetune_data import prepare_finetune_faces
+from facecloak.stages.score_finetune_infer import protect_with_finetuned
 
 RESOLUTION = 64
 TINY_UNET = DDPMConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,), resolution=RESOLUTION)

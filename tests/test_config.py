@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 
-from facecloak.config.compose import STANDALONE_DIRS, compose, default_config_dir
+from facecloak.config.compose import STANDALONE_DIRS, compose, default_config_dir, to_plain
 from facecloak.errors import ConfigError
 
 CONFIG_DIR = default_config_dir()
@@ -97,3 +101,47 @@ def test_smoke_scale_shrinks_the_chosen_preset_and_keeps_the_rest(preset: str) -
     }
     # The value overrides still win over the scale.
     assert compose([f"preset={preset}", "scale=smoke", "search.steps=5"]).search.steps == 5
+
+
+def test_inheriting_presets_equal_the_flat_ones_they_replaced() -> None:
+    """`offline_ensemble` = `offline` + what differs, presets select an fr option: the resolved values are unchanged.
+
+    The snapshot holds ``to_plain(compose(["preset=<name>"]))`` of the flat preset files, taken before presets could
+    inherit (the paper preset is left out: its values are being changed on purpose).
+    """
+    snapshot = json.loads((Path(__file__).parent / "data" / "presets_before_defaults_lists.json").read_text())
+    for preset, before in snapshot.items():
+        assert json.loads(json.dumps(to_plain(compose([f"preset={preset}"])))) == before, preset
+
+
+def test_a_preset_selects_its_fr_option_and_the_command_line_wins() -> None:
+    ensemble = compose(["preset=offline_ensemble"])
+    assert ensemble.fr.attacked == ["mobilefacenet_casia", "faceres", "faceres_deep", "mobileface_human"]
+    assert ensemble.search.max_delta == 0.125 and ensemble.generator.size == 128  # its own value, offline's value
+    chosen = compose(["preset=offline_ensemble", "fr=offline"])
+    assert chosen.fr.attacked == ["mobilefacenet_casia", "faceres"] and chosen.search.max_delta == 0.125
+    assert compose(["fr=paper_loo_facenet"]).fr == compose(["fr=paper"]).fr
+
+
+def test_trainer_and_logger_groups() -> None:
+    assert compose(["trainer=deterministic"]).trainer.deterministic is True
+    assert compose(["trainer=gpu"]).trainer.precision == "bf16-mixed"
+    assert compose(["logger=csv"]).logger.kind == "csv" and compose(["logger=none"]).logger.kind == "none"
+    assert compose().trainer == compose(["trainer=default"]).trainer
+
+
+@pytest.mark.parametrize(
+    ("group", "text", "message"),
+    [
+        ("preset", "defaults:\n  - loop\n", "includes itself"),
+        ("preset", "defaults:\n  - nowhere\n", "not an option of 'preset'"),
+        ("preset", "defaults:\n  - fr: nowhere\n", "not an option of 'fr'"),
+        ("fr", "defaults:\n  - faces: default\n", "only presets select other groups"),
+    ],
+)
+def test_bad_defaults_lists_fail_naming_the_file(tmp_path: Path, group: str, text: str, message: str) -> None:
+    config_dir = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    (config_dir / group / "loop.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=f"{group}/loop.yaml.*{message}"):
+        compose([f"{group}=loop"], config_dir=config_dir)

@@ -11,22 +11,16 @@ import torch
 from open_clip.model import CLIP
 
 from facecloak.errors import ConfigError
+from facecloak.faces.regions import jitter_landmarks
 from facecloak.faces.templates import get_template
 from facecloak.losses.clip_loss import DirectionalCLIPLoss
-from facecloak.losses.degrade import DegradationConfig
+from facecloak.losses.degrade import DegradationConfig, diff_blur
 from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
 from facecloak.models.fr.zoo import load_fr_model
 from facecloak.models.stylegan2 import Generator, GeneratorConfig
-from facecloak.stages.latent_search import (
-    TRAINER_DEFAULTS,
-    AdversarialLatentSearch,
-    fit_quietly,
-    gaussian_blur,
-    jitter_landmarks,
-    search_latents,
-    shape_change,
-    texture_visibility,
-)
+from facecloak.stages.change import shape_change, texture_visibility
+from facecloak.stages.fit import TRAINER_DEFAULTS, quiet_fit, steps_loader
+from facecloak.stages.latent_search import AdversarialLatentSearch, search_latents
 from facecloak.stages.latent_search_config import LatentSearchConfig, default_layers
 from test_clip_loss import tiny_clip_loss
 
@@ -116,7 +110,7 @@ def trainer(root: Path, steps: int, callbacks: list | None = None) -> L.Trainer:
 
 def run(module: AdversarialLatentSearch, root: Path, callbacks: list | None = None) -> L.Trainer:
     t = trainer(root, module.config.steps, callbacks)
-    fit_quietly(t, module)
+    quiet_fit(t, module, steps_loader(module.config.steps))
     return t
 
 
@@ -266,7 +260,7 @@ def test_texture_visibility_keeps_the_change_off_smooth_skin_and_in_texture() ->
     across = visibility[0, 0, size // 2]
     assert bool((across[1:] >= across[:-1] - 1e-6).all())  # a smooth ramp from skin to texture, no step back
     # The same stripes out of focus (a face in the crowd behind the subject) are treated as smooth skin.
-    blurred = gaussian_blur(stripes, 4.0)
+    blurred = diff_blur(stripes, 4.0)
     assert float(texture_visibility(blurred, 0.25).max()) < 0.5
     assert float(texture_visibility(blurred, 0.25).mean()) < float(texture_visibility(stripes, 0.25).mean()) - 0.4
 

@@ -19,7 +19,7 @@ from facecloak.io.images import load_photo
 from facecloak.protect.map_method import MapProtector
 from facecloak.protect.methods import build_protector
 from facecloak.registry.store import is_available
-from facecloak.stages.score_finetune import checkpoint_step
+from facecloak.stages.fit import checkpoint_step
 from test_protect import _photo_with_gps, _record
 
 TINY_MAP = [

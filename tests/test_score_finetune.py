@@ -15,21 +15,17 @@ from torch.utils.data import DataLoader
 from facecloak.diffusion import NoiseSchedule
 from facecloak.errors import ConfigError
 from facecloak.faces.detect import build_detector
+from facecloak.faces.regions import square_face_crop
 from facecloak.io.images import load_photo
 from facecloak.losses.expression import ExpressionObjective, face_boxes_from_landmarks
 from facecloak.losses.identity import AdversarialIdentityLoss
 from facecloak.models.ddpm import DDPMConfig, DDPMUNet
 from facecloak.models.faceapi import load_faceapi_model
 from facecloak.models.fr.zoo import load_fr_model
-from facecloak.stages.score_finetune import (
-    FinetuneFaces,
-    ScoreFinetune,
-    prepare_finetune_faces,
-    protect_with_finetuned,
-    save_finetuned,
-    square_face_crop,
-)
+from facecloak.stages.score_finetune import ScoreFinetune, save_finetuned
 from facecloak.stages.score_finetune_config import LossWeights, ScoreFinetuneConfig
+from facecloak.stages.score_finetune_data import FinetuneFaces, prepare_finetune_faces
+from facecloak.stages.score_finetune_infer import protect_with_finetuned
 
 RESOLUTION = 16  # the mechanics, not the quality, are under test: keep the UNet tiny so the file runs in seconds
 TINY = DDPMConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=RESOLUTION)

@@ -3,6 +3,12 @@
 ``configs/config.yaml`` names one option per group in its ``defaults`` list (e.g. ``fr: offline`` reads
 ``configs/fr/offline.yaml``). Overrides are ``group=option`` to swap a group file or ``dotted.key=value`` to set
 a value; every key and value is then checked against :class:`facecloak.config.schema.AppConfig`.
+
+A group file may start with its own ``defaults`` list, so a preset says only what differs:
+
+- a plain entry names another option of the same group, merged first (``offline_ensemble`` lists ``offline``);
+- a ``group: option`` entry in a preset (or scale) selects an option of another group instead of re-setting that
+  group's keys (``fr: offline``); a group chosen on the command line still wins.
 """
 
 from __future__ import annotations
@@ -44,6 +50,32 @@ def _group_options(config_dir: Path, group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
 
 
+def _load_option(
+    config_dir: Path, group: str, option: str, groups: dict[str, str], chosen: list[str], seen: tuple[str, ...] = ()
+) -> DictConfig:
+    """One group file with its ``defaults`` list applied: same-group bases merged first, other groups selected."""
+    node = _load_yaml(config_dir / group / f"{option}.yaml")
+    where = f"{group}/{option}.yaml"
+    merged = OmegaConf.create()
+    for item in node.pop("defaults", []):
+        base_group, base = (group, str(item)) if isinstance(item, str) else next(iter(dict(item).items()))
+        base_group, base = str(base_group), str(base)
+        if base not in _group_options(config_dir, base_group):
+            options = _group_options(config_dir, base_group)
+            raise ConfigError(f"{where}: defaults entry '{base}' is not an option of '{base_group}'; one of {options}")
+        if base_group == group:
+            if base == option or base in seen:
+                raise ConfigError(f"{where}: defaults entry '{base}' includes itself ({' -> '.join((*seen, option))})")
+            merged = OmegaConf.merge(merged, _load_option(config_dir, group, base, groups, chosen, (*seen, option)))
+        elif group not in GLOBAL_GROUPS:
+            raise ConfigError(f"{where}: only presets select other groups; '{base_group}: {base}' cannot be used here")
+        elif base_group not in chosen:
+            groups[base_group] = base
+    result = OmegaConf.merge(merged, node)
+    assert isinstance(result, DictConfig)
+    return result
+
+
 def _split_overrides(overrides: list[str], groups: dict[str, str], config_dir: Path) -> tuple[list[str], list[str]]:
     """Apply ``group=option`` overrides to ``groups`` in place; return (groups chosen explicitly, value overrides)."""
     values, chosen = [], []
@@ -74,13 +106,18 @@ def compose_dict(
         ((group, option),) = dict(item).items()
         groups[str(group)] = str(option)
     chosen, value_overrides = _split_overrides(list(overrides or []), groups, config_dir)
+    global_files: dict[str, DictConfig] = {}
 
     def group_file(group: str) -> DictConfig:
-        return _load_yaml(config_dir / group / f"{groups[group]}.yaml")
+        if group in global_files:
+            return global_files[group]
+        return _load_option(config_dir, group, groups[group], groups, chosen)
 
     # Precedence, lowest first: schema defaults, group files, primary values, presets (global groups), groups the
     # user chose on the command line (so `fr=paper_loo_irse50` wins over a preset's fr section), value overrides.
     try:
+        # Global files first: their defaults lists may select the options of the other groups.
+        global_files.update({g: group_file(g) for g in GLOBAL_GROUPS if g in groups})
         merged = OmegaConf.structured(AppConfig)
         for group in groups:
             if group not in GLOBAL_GROUPS:

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field, fields, replace
 
 from facecloak.errors import ConfigError
 from facecloak.faces.config import FacesConfig
+from facecloak.faces.regions import FACE_CROP_SCALE
 from facecloak.inversion.projector import ProjectorConfig
 from facecloak.models.ddpm import DDPMConfig
 from facecloak.runtime.trainer import LoggerConfig, TrainerConfig
 from facecloak.stages.latent_search_config import LatentSearchConfig
 from facecloak.stages.pivot_tuning_config import PivotTuningConfig
-from facecloak.stages.score_finetune_config import FACE_CROP_SCALE, ScoreFinetuneConfig
+from facecloak.stages.score_finetune_config import ScoreFinetuneConfig
 from facecloak.validate import require
 
 DEFAULT_FAR_LEVELS = (0.1, 0.01, 0.001)

@@ -243,10 +243,10 @@ def _pixel_method(name: str) -> MethodFn:
         attack_config = PixelAttackConfig(eps_255=settings.eps_255, steps=settings.steps, seed=settings.seed)
         attack = build_pixel_attack(name, attack_config, AdversarialIdentityLoss(models, "dodge"))
         # The attack's steps run through a Trainer like every other stage (precision, accelerator, loss curves).
+        from facecloak.stages.fit import job_trainer_kwargs
         from facecloak.stages.pixel_attack import trainer_perturb
 
-        trainer = {"accelerator": config.trainer.accelerator, "precision": config.trainer.precision}
-        perturb = functools.partial(trainer_perturb, trainer_kwargs=trainer)
+        perturb = functools.partial(trainer_perturb, trainer_kwargs=job_trainer_kwargs(config.trainer))
         protect = functools.partial(protect_photo_pixels, perturb=perturb)
         return {
             probe.image_id: _measured(

@@ -62,20 +62,20 @@ class ProjectorConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1:
-            raise ConfigError(f"ProjectorConfig.steps must be >= 1, got {self.steps}")
+            raise ConfigError(f"generator.projector.steps must be >= 1, got {self.steps}")
         if self.lr <= 0:
-            raise ConfigError(f"ProjectorConfig.lr must be positive, got {self.lr}")
+            raise ConfigError(f"generator.projector.lr must be positive, got {self.lr}")
         for name in ("lr_rampup", "lr_rampdown", "latent_noise_ramp"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(
-                    f"ProjectorConfig.{name} is a fraction of the run in (0, 1], got {getattr(self, name)}"
+                    f"generator.projector.{name} is a fraction of the run in (0, 1], got {getattr(self, name)}"
                 )
         for name in ("latent_noise", "noise_regularize", "mse_weight"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"ProjectorConfig.{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"generator.projector.{name} must be >= 0, got {getattr(self, name)}")
         if self.perceptual not in PERCEPTUAL_CHOICES:
             raise ConfigError(
-                f"ProjectorConfig.perceptual must be one of {PERCEPTUAL_CHOICES}, got {self.perceptual!r}"
+                f"generator.projector.perceptual must be one of {PERCEPTUAL_CHOICES}, got {self.perceptual!r}"
             )
 
 

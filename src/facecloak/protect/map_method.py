@@ -22,7 +22,7 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,20 +33,18 @@ from facecloak.diffusion import NoiseSchedule
 from facecloak.faces.align import transform_points
 from facecloak.faces.detect import Face, dlib_landmarks68
 from facecloak.faces.pasteback import feather_mask
+from facecloak.faces.regions import face_region_mask, square_face_crop
 from facecloak.io.images import Photo
 from facecloak.losses.expression import ExpressionObjective, face_boxes_from_landmarks
 from facecloak.losses.identity import IdentityReference
 from facecloak.models.ddpm import DDPMUNet, load_celebahq_checkpoint
 from facecloak.models.faceapi import load_faceapi_model
-from facecloak.protect.pipeline import FaceProtection, PhotoProtector, face_region_mask, to_uint8
+from facecloak.protect.pipeline import FaceProtection, PhotoProtector, to_uint8
 from facecloak.registry.store import resolve_one
-from facecloak.stages.score_finetune import (
-    FinetuneFaces,
-    ScoreFinetune,
-    fit_score_finetune,
-    prepare_finetune_faces,
-    square_face_crop,
-)
+from facecloak.stages.score_finetune_data import FinetuneFaces, prepare_finetune_faces
+
+if TYPE_CHECKING:
+    from facecloak.stages.score_finetune import ScoreFinetune
 
 NO_SCORE_PRIOR_NOTE = (
     "score network without pretrained weights: it has no face prior, so the edit is whatever fine-tuning teaches a "
@@ -126,6 +124,9 @@ class MapProtector(PhotoProtector):
 
     def protect_face(self, photo: Photo, face: Face, face_id: str) -> FaceProtection:
         """Crop, fine-tune a copy of the score network on the face (resuming its checkpoint), regenerate it."""
+        from facecloak.stages.fit import fit_resumable
+        from facecloak.stages.score_finetune import ScoreFinetune
+
         size = self.crop_size
         crop = square_face_crop(photo.rgb, face, size, self.settings.crop_scale)
         region = face_region_mask(transform_points(crop.matrix, dlib_landmarks68(photo.rgb, face)), (size, size))
@@ -144,7 +145,7 @@ class MapProtector(PhotoProtector):
         )
         tuned = copy.deepcopy(self.unet).requires_grad_(True).train()
         module = ScoreFinetune(tuned, self.finetune, self.identity, self.expression, self.landmarks, self.schedule)
-        report = fit_score_finetune(
+        report = fit_resumable(
             module,
             data,
             self.settings.steps,

@@ -33,6 +33,7 @@ from facecloak.faces.align import AlignedFace, align_ffhq, transform_points
 from facecloak.faces.crops import box_iou, crop_for_template, detect_with_config, detector_from_config
 from facecloak.faces.detect import Face, dlib_landmarks68
 from facecloak.faces.pasteback import paste_back
+from facecloak.faces.regions import face_region_mask
 from facecloak.io.images import Photo, load_photo, save_image, save_png
 from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference, Mode
 from facecloak.models.fr.zoo import FaceEmbedder, load_fr_model
@@ -71,23 +72,6 @@ def build_generator(settings: GeneratorSettings) -> tuple[Generator, torch.Tenso
                 if name.endswith("noise.weight"):
                     parameter.fill_(settings.init_noise_strength)
     return generator.eval().requires_grad_(False), None
-
-
-FOREHEAD_RAISE = 0.6
-"""The forehead is covered by lifting the brow points by this fraction of the brow-to-chin distance."""
-
-
-def face_region_mask(landmarks68: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Filled convex hull of the 68 landmarks with the brows lifted over the forehead (crop pixels, 0/1)."""
-    import cv2
-
-    brows = landmarks68[17:27]
-    chin = landmarks68[8]
-    lift = (chin - brows.mean(axis=0)) * FOREHEAD_RAISE
-    points = np.concatenate([landmarks68, brows - lift]).round().astype(np.int32)
-    mask = np.zeros(size, np.uint8)
-    cv2.fillConvexPoly(mask, cv2.convexHull(points), 1)
-    return mask
 
 
 def to_tensor01(rgb: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -151,16 +135,10 @@ class PhotoJob:
         return detect_with_config(photo.rgb, self.detector, self.config.faces)[: self.config.protect.max_faces]
 
     def _trainer_kwargs(self) -> dict[str, Any]:
-        """One device per photo (a multi-rank job splits photos between ranks, never one photo's gradients)."""
-        trainer = self.config.trainer
-        return {
-            "accelerator": trainer.accelerator,
-            "precision": trainer.precision,
-            "enable_progress_bar": False,  # the job's own bar shows photos, stage, step and losses
-            "logger": self.logger or False,
-            "log_every_n_steps": trainer.log_every_n_steps,
-            "callbacks": list(self.callbacks),
-        }
+        """The user's ``trainer`` settings for this job's stages, one device per photo (:mod:`facecloak.stages.fit`)."""
+        from facecloak.stages.fit import job_trainer_kwargs
+
+        return job_trainer_kwargs(self.config.trainer, self.logger, self.callbacks)
 
 
 class FaceInverter(PhotoJob):

@@ -39,106 +39,33 @@ steps under the checkpoint key ``latent_search``. With ``lambda_clip = 0`` CLIP 
 
 from __future__ import annotations
 
-import math
-import re
-import warnings
-import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, IterableDataset
 
 from facecloak.errors import ConfigError
-from facecloak.losses.clip_loss import (
-    DirectionalCLIPLoss,
-    load_clip_loss,
-)
+from facecloak.faces.regions import jitter_landmarks
 from facecloak.losses.degrade import RandomDegradation
 from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference, Mode, passes_thresholds
 from facecloak.models.stylegan2 import Generator
+from facecloak.stages.change import pasted_change, texture_visibility
+from facecloak.stages.fit import build_trainer, quiet_fit, steps_loader
 from facecloak.stages.latent_search_config import LatentSearchConfig, default_layers
-
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-"""ITU-R BT.601 luma: the grey part of a change that ``change_chroma`` keeps whole."""
-
-BLUR_TRUNCATE_SIGMAS = 3.0
-"""The change's low-pass kernel reaches this many sigmas each side."""
-
-TEXTURE_WINDOW_FRACTION = 1 / 64
-"""Local contrast (for ``change_flat_share``) is measured in a Gaussian window of this fraction of the crop side:
-2 px on the offline 128 px generator, 16 px on the 1024 px FFHQ one, i.e. the same part of a face."""
-
-TEXTURE_FULL_CONTRAST = 0.08
-"""Local contrast (:func:`texture_visibility`, luma in [0, 1]) at which a place counts as fully textured. Measured on
-the shared photos' 128 px face crops: the 90th percentile of sharp faces is 0.09-0.13, smooth skin's 10th percentile
-0.005-0.02, and an out-of-focus face in a crowd stays below 0.005 throughout, so it is treated as smooth skin."""
-
-
-ClipFactory = Callable[[LatentSearchConfig], DirectionalCLIPLoss]
-
-
-def load_clip_for(config: LatentSearchConfig) -> DirectionalCLIPLoss:
-    """The real CLIP makeup loss (OpenAI ViT-B/32 from the registry) for a stage-2 config."""
-    return load_clip_loss(
-        config.makeup_prompt, config.source_text, config.clip_distortion_scale, config.clip_num_augmentations
-    )
-
-
-def image_rng(seed: int, image_id: str, stream: str) -> torch.Generator:
-    """A CPU random stream that depends only on the run seed, the image id and the stream's purpose."""
-    return torch.Generator().manual_seed((seed << 32) | zlib.crc32(f"{stream}/{image_id}".encode()))
-
-
-# --- outputs ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SearchResult:
-    """Stage-2 output for one photo."""
-
-    image_id: str
-    wplus: Tensor
-    """Final W+ code ``[n_latent, style_dim]``."""
-    noise: list[Tensor]
-    """Final noise maps ``[1, 1, r, r]`` in layer order."""
-    image: Tensor
-    """Protected render ``[3, size, size]`` in [0, 1] (float; quantise only after any success check)."""
-    similarities_before: dict[str, dict[str, float]]
-    """``{"source"|"target": {model: cosine}}`` of the pivot render."""
-    similarities_after: dict[str, dict[str, float]]
-    success: bool
-    """Every attacked model passes its threshold (with the margin) on the final render."""
-    stopped_at: int
-    """Step at which the image passed and was frozen; -1 if it ran every step."""
-
-
-@dataclass
-class FrozenNetworks:
-    """Networks the search differentiates through but never trains; a plain container, so not in checkpoints."""
-
-    generators: list[Generator]
-    identity: AdversarialIdentityLoss
-    clip: DirectionalCLIPLoss | None
-    reference: IdentityReference
-
-    def to(self, device: torch.device) -> FrozenNetworks:
-        """Move every network (kept frozen, in eval mode) and the reference embeddings to ``device``."""
-        for net in (*self.generators, self.identity, self.clip):
-            if net is not None:
-                net.to(device).eval().requires_grad_(False)
-
-        def move(embeddings: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
-            return None if embeddings is None else {k: v.to(device) for k, v in embeddings.items()}
-
-        source = move(self.reference.source)
-        assert source is not None
-        self.reference = IdentityReference(source=source, target=move(self.reference.target))
-        return self
-
+from facecloak.stages.latent_search_io import (
+    NOT_HYPERPARAMETERS,
+    ClipFactory,
+    FrozenNetworks,
+    SearchResult,
+    build_clip,
+    check_anchor,
+    check_identity,
+    check_inputs,
+    collect_results,
+    image_rng,
+)
 
 # --- the LightningModule ---------------------------------------------------------------------------------------------
 
@@ -182,27 +109,14 @@ class AdversarialLatentSearch(L.LightningModule):
         generators = [generator] if isinstance(generator, Generator) else list(generator)
         batch = pivots.shape[0]
         self.image_ids = [str(i) for i in image_ids]
-        _check_inputs(generators, pivots, noise, landmarks5, self.image_ids)
-        _check_identity(identity_loss, reference, thresholds, config, batch)
+        check_inputs(generators, pivots, noise, landmarks5, self.image_ids)
+        check_identity(identity_loss, reference, thresholds, config, batch)
         n_latent = generators[0].n_latent
         layers = config.layers if config.layers is not None else default_layers(n_latent)
         if max(layers) >= n_latent:
             raise ConfigError(f"search.layers={layers} names slots beyond the generator's {n_latent} W+ slots")
 
-        self.save_hyperparameters(
-            ignore=[
-                "generator",
-                "pivots",
-                "noise",
-                "landmarks5",
-                "identity_loss",
-                "reference",
-                "config",
-                "clip_factory",
-                "anchor",
-                "change_mask",
-            ]
-        )
+        self.save_hyperparameters(ignore=list(NOT_HYPERPARAMETERS))
         self.hparams.update(config=config.to_dict(), thresholds=dict(thresholds), layers=list(layers))
         self.config = config
         self.layers = tuple(sorted(layers))
@@ -213,18 +127,10 @@ class AdversarialLatentSearch(L.LightningModule):
         self.register_buffer("layer_index", torch.tensor(self.layers, dtype=torch.long), persistent=False)
         self.register_buffer("landmarks5", landmarks5.detach().to(pivots.dtype).clone(), persistent=False)
         self.register_buffer("stopped_at", torch.full((batch,), -1, dtype=torch.long), persistent=False)
-        if anchor is not None and anchor.shape[0] != batch:
-            raise ConfigError(f"anchor images {tuple(anchor.shape)} do not match the batch of {batch} pivots")
-        self.register_buffer(
-            "anchor", None if anchor is None else anchor.detach().to(pivots.dtype).clone(), persistent=False
-        )
-        if change_mask is not None and (anchor is None or change_mask.shape[0] != batch):
-            raise ConfigError("change_mask needs an anchor and one mask [B, 1, H, W] per image")
-        self.register_buffer(
-            "change_mask",
-            None if change_mask is None else change_mask.detach().to(pivots.dtype).clone(),
-            persistent=False,
-        )
+        check_anchor(anchor, change_mask, batch)
+        kept = [None if t is None else t.detach().to(pivots.dtype).clone() for t in (anchor, change_mask)]
+        self.register_buffer("anchor", kept[0], persistent=False)
+        self.register_buffer("change_mask", kept[1], persistent=False)
         visibility = None
         if self.anchor is not None and config.change_flat_share < 1:
             visibility = texture_visibility(self.anchor, config.change_flat_share)
@@ -246,13 +152,7 @@ class AdversarialLatentSearch(L.LightningModule):
 
         for g in generators:
             g.requires_grad_(False).eval()
-        clip = None
-        if config.lambda_clip > 0:
-            clip = (clip_factory or load_clip_for)(config)
-            if clip.prompt is not None and clip.prompt != config.makeup_prompt:
-                raise ConfigError(
-                    f"search.makeup_prompt={config.makeup_prompt!r} but the CLIP loss targets {clip.prompt!r}"
-                )
+        clip = build_clip(config, clip_factory)
         self.frozen = FrozenNetworks(generators, identity_loss.eval().requires_grad_(False), clip, reference)
 
         self._snapshots: dict[int, tuple[Tensor, list[Tensor]]] = {}
@@ -291,21 +191,12 @@ class AdversarialLatentSearch(L.LightningModule):
         images01 = self._render_generated(wplus, noise)
         if self._anchor_offset is None or self._pivot_generated is None:
             return images01
+        c = self.config
         change = images01 - self._pivot_generated
-        if self.config.max_delta is not None:
-            change = self.config.max_delta * torch.tanh(change / self.config.max_delta)
-        # Shaped after the bound: the tanh turns a large smooth change into flat plateaus with sharp edges, so a
-        # blur before it would not keep the pasted change smooth. Both shapings keep |change| <= max_delta.
-        change = self.shape_change(change)
-        if self.change_visibility is not None:
-            change = change * self.change_visibility  # less on smooth skin, where the eye would see it
+        change = pasted_change(change, c.max_delta, c.change_blur_sigma, c.change_chroma, self.change_visibility)
         if self.change_mask is not None:
             change = change * self.change_mask  # the same soft weights paste-back will use
         return (self._pivot_generated + self._anchor_offset + change).clamp(0.0, 1.0)
-
-    def shape_change(self, change: Tensor) -> Tensor:
-        """Low-pass and de-saturate the render's bounded change (``change_blur_sigma``, ``change_chroma``)."""
-        return shape_change(change, self.config.change_blur_sigma, self.config.change_chroma)
 
     def _render_generated(self, wplus: Tensor, noise: Sequence[Tensor]) -> Tensor:
         generators = self.frozen.generators
@@ -468,179 +359,18 @@ class AdversarialLatentSearch(L.LightningModule):
         if self.final_images is None:
             raise RuntimeError("results() is available after trainer.fit() has run")
         success = self.passes(self.similarities_after).cpu()
-        wplus = self.wplus().detach().cpu()
-        maps = [n.detach().cpu() for n in self.noise_maps()]
-        out = []
-        for i, image_id in enumerate(self.image_ids):
-            out.append(
-                SearchResult(
-                    image_id=image_id,
-                    wplus=wplus[i],
-                    noise=[n[i : i + 1] for n in maps],
-                    image=self.final_images[i].cpu(),
-                    similarities_before=_per_image(self.similarities_before, i),
-                    similarities_after=_per_image(self.similarities_after, i),
-                    success=bool(success[i]),
-                    stopped_at=int(self.stopped_at[i]),
-                )
-            )
-        return out
-
-
-def shape_change(change: Tensor, blur_sigma: float, chroma: float) -> Tensor:
-    """A change ``[B, 3, H, W]`` blurred by a Gaussian of ``blur_sigma`` pixels, its colour scaled by ``chroma``.
-
-    Both are linear, so they commute and keep a zero change zero, and both take convex combinations (a normalised
-    positive kernel; grey is a weighted mean of R, G, B), so neither enlarges the largest ``|change|``. Smooth, grey
-    changes read as shading or lighting; fine texture and colour casts read as damage (and cost perceptual metrics
-    like HaarPSI most).
-    """
-    if blur_sigma > 0:
-        change = gaussian_blur(change, blur_sigma)
-    if chroma < 1:
-        grey = luma(change)
-        change = grey + chroma * (change - grey)
-    return change
-
-
-def texture_visibility(images01: Tensor, flat_share: float) -> Tensor:
-    """How much of a change each pixel of ``images01`` ``[B, 3, H, W]`` hides, ``[B, 1, H, W]`` in [flat_share, 1].
-
-    The local contrast is the root-mean-square deviation of luma from its local mean, in a Gaussian window of
-    :data:`TEXTURE_WINDOW_FRACTION` of the side. Over :data:`TEXTURE_FULL_CONTRAST` and capped at 1, then smoothed
-    by the same window (so the change it scales has no hard edges), it moves the share from ``flat_share`` on flat
-    places to 1 in texture. The contrast is absolute, not relative to the image, so a blurred face is flat all over.
-    """
-    sigma = max(1.0, min(images01.shape[-2:]) * TEXTURE_WINDOW_FRACTION)
-    brightness = luma(images01)
-    contrast = gaussian_blur((brightness - gaussian_blur(brightness, sigma)).square(), sigma).sqrt()
-    texture = gaussian_blur((contrast / TEXTURE_FULL_CONTRAST).clamp(max=1.0), sigma)
-    return flat_share + (1.0 - flat_share) * texture
-
-
-def luma(images: Tensor) -> Tensor:
-    """BT.601 luma ``[B, 1, H, W]`` of RGB ``[B, 3, H, W]`` (of a change: its grey part)."""
-    weights = torch.tensor(LUMA_WEIGHTS, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True)
-
-
-def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    """Gaussian blur of ``sigma`` pixels with reflected borders, the kernel kept inside small images."""
-    import kornia
-
-    radius = max(1, math.ceil(BLUR_TRUNCATE_SIGMAS * sigma))
-    radius = min(radius, (min(images.shape[-2:]) - 1) // 2)  # reflect padding needs a kernel inside the image
-    size = 2 * radius + 1
-    return kornia.filters.gaussian_blur2d(images, (size, size), (sigma, sigma), border_type="reflect")
-
-
-def jitter_landmarks(landmarks5: Tensor, strength: float, rng: torch.Generator) -> Tensor:
-    """Landmarks ``[1, 5, 2]`` moved by a random similarity about their centre (scale, rotation, shift)."""
-    draws = (torch.rand(4, generator=rng, dtype=torch.float64) * 2 - 1) * strength
-    scale, angle = 1.0 + float(draws[0]), float(draws[1])
-    eye_distance = (landmarks5[0, 1] - landmarks5[0, 0]).norm()
-    shift = draws[2:].to(landmarks5) * eye_distance
-    cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
-    rotation = torch.tensor([[cos, -sin], [sin, cos]], dtype=landmarks5.dtype, device=landmarks5.device)
-    centre = landmarks5.mean(dim=1, keepdim=True)
-    return (landmarks5 - centre) @ rotation.T + centre + shift
-
-
-def _per_image(sims: Mapping[str, Mapping[str, Tensor]], i: int) -> dict[str, dict[str, float]]:
-    return {key: {name: float(v[i]) for name, v in per_model.items()} for key, per_model in sims.items()}
-
-
-def _check_inputs(
-    generators: list[Generator], pivots: Tensor, noise: Sequence[Tensor], landmarks5: Tensor, image_ids: list[str]
-) -> None:
-    """Shapes that must agree before anything is built, with messages that say which input is off."""
-    batch = pivots.shape[0]
-    first = generators[0]
-    if len(generators) not in (1, batch):
-        raise ConfigError(f"give one generator for all images or one per image: {len(generators)} for {batch} images")
-    if any(g.config != first.config for g in generators):
-        raise ConfigError("all per-image generators must share one architecture (GeneratorConfig)")
-    if pivots.ndim != 3 or tuple(pivots.shape[1:]) != (first.n_latent, first.style_dim):
-        raise ConfigError(f"pivots must be [B, {first.n_latent}, {first.style_dim}], got {list(pivots.shape)}")
-    if len(noise) != len(first.noise_shapes) or any(
-        n.ndim != 4 or n.shape[0] not in (1, batch) or tuple(n.shape[1:]) != s[1:]
-        for n, s in zip(noise, first.noise_shapes)
-    ):
-        raise ConfigError(
-            f"noise must hold {len(first.noise_shapes)} maps shaped [B or 1, 1, r, r] (r = 4, 8, 8, 16, …), "
-            f"got {[list(n.shape) for n in noise]}"
+        return collect_results(
+            self.image_ids,
+            self.wplus().detach().cpu(),
+            [n.detach().cpu() for n in self.noise_maps()],
+            self.final_images.cpu(),
+            (self.similarities_before, self.similarities_after),
+            success,
+            self.stopped_at.cpu(),
         )
-    if tuple(landmarks5.shape) != (batch, 5, 2):
-        raise ConfigError(f"landmarks5 must be [{batch}, 5, 2] (generator pixels), got {list(landmarks5.shape)}")
-    if len(image_ids) != batch or len(set(image_ids)) != batch:
-        raise ConfigError(f"need one unique image id per image: {batch} images, ids {image_ids}")
-
-
-def _check_identity(
-    identity: AdversarialIdentityLoss,
-    reference: IdentityReference,
-    thresholds: Mapping[str, float],
-    config: LatentSearchConfig,
-    batch: int,
-) -> None:
-    """The identity objective must match the config and hold a reference and threshold for every attacked model."""
-    if identity.mode != config.identity_mode:
-        raise ConfigError(f"search.identity_mode={config.identity_mode!r} but the identity loss is {identity.mode!r}")
-    missing = [name for name in identity.names if name not in thresholds]
-    if missing:
-        raise ConfigError(f"no verification threshold for attacked models {missing}; pass thresholds for each")
-    for key, embeddings in (("source", reference.source), ("target", reference.target)):
-        if embeddings is None:
-            continue
-        for name in identity.names:
-            if name not in embeddings or embeddings[name].ndim != 2 or embeddings[name].shape[0] not in (1, batch):
-                raise ConfigError(f"reference.{key} needs a [B or 1, D] embedding from '{name}' for {batch} images")
 
 
 # --- running it ------------------------------------------------------------------------------------------------------
-
-
-class _Steps(IterableDataset):
-    """One item per optimisation step: the module holds all per-image data, the loader only paces the loop."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.steps))
-
-    def __len__(self) -> int:
-        return self.steps
-
-
-def steps_loader(steps: int) -> DataLoader:
-    """The loader a stage-2 fit runs on: ``steps`` items, one epoch."""
-    return DataLoader(_Steps(steps), batch_size=None)
-
-
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "accelerator": "auto",
-    "devices": 1,
-    "strategy": "auto",
-    "max_epochs": 1,
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-    "num_sanity_val_steps": 0,
-}
-"""Trainer settings of a search run (one device, never DDP); ``trainer_kwargs`` override them."""
-
-EXPECTED_WARNINGS = ("does not have many workers", "`IterableDataset` has `__len__`", "in eval mode at the start")
-"""Lightning warnings that do not apply here (an in-memory step counter; frozen networks kept in eval mode)."""
-
-
-def fit_quietly(trainer: L.Trainer, module: AdversarialLatentSearch, ckpt_path: str | None = None) -> None:
-    """``trainer.fit`` on the step loader, without the warnings that do not apply to this stage."""
-    with warnings.catch_warnings():
-        for expected in EXPECTED_WARNINGS:
-            warnings.filterwarnings("ignore", message=f".*{re.escape(expected)}.*")
-        trainer.fit(module, steps_loader(module.config.steps), ckpt_path=ckpt_path)
 
 
 def search_latents(
@@ -660,23 +390,7 @@ def search_latents(
 ) -> list[SearchResult]:
     """Run stage 2 on one batch of images with a fresh module and optimizer; results in input order."""
     config = config or LatentSearchConfig()
-    kwargs = {**TRAINER_DEFAULTS, **(trainer_kwargs or {})}
-    if "max_steps" in kwargs:
-        raise ConfigError("set the number of steps with search.steps, not trainer max_steps")
-    kwargs["max_steps"] = config.steps
-    module = AdversarialLatentSearch(
-        generator,
-        pivots,
-        noise,
-        landmarks5,
-        image_ids,
-        identity_loss,
-        reference,
-        thresholds,
-        config,
-        clip_factory,
-        anchor,
-        change_mask,
-    )
-    fit_quietly(L.Trainer(**kwargs), module)
+    inputs = (generator, pivots, noise, landmarks5, image_ids, identity_loss, reference, thresholds, config)
+    module = AdversarialLatentSearch(*inputs, clip_factory, anchor, change_mask)
+    quiet_fit(build_trainer(config.steps, trainer_kwargs, "search.steps"), module, steps_loader(config.steps))
     return module.results()

@@ -23,23 +23,20 @@ optimizer holds its weights, but they never receive a gradient).
 
 from __future__ import annotations
 
-import re
 import time
-import warnings
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
-from torch.utils.data import DataLoader, IterableDataset
 
-from facecloak.errors import ConfigError
 from facecloak.inversion.projector import per_image_mse
 from facecloak.losses.perceptual import build_perceptual, resize_for_loss
 from facecloak.models.stylegan2 import Generator
+from facecloak.stages.fit import build_trainer, quiet_fit, same_batch_loader
 from facecloak.stages.pivot_tuning_config import PivotTuningConfig
 from facecloak.stages.tuned_generator import TuningResult, tuned_parameter_names
 
@@ -201,37 +198,6 @@ class PivotTuning(L.LightningModule):
 # --- running it ------------------------------------------------------------------------------------------------------
 
 
-class _SameBatch(IterableDataset):
-    """The run's only batch, served ``times`` times: pivot tuning revisits the same images every step."""
-
-    def __init__(self, batch: dict, times: int) -> None:
-        self.batch = batch
-        self.times = times
-
-    def __iter__(self) -> Iterator[dict]:
-        for _ in range(self.times):
-            yield self.batch
-
-    def __len__(self) -> int:
-        return self.times
-
-
-TRAINER_DEFAULTS: dict[str, object] = {
-    "accelerator": "auto",
-    "devices": 1,
-    "max_epochs": 1,
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_progress_bar": True,
-    "enable_model_summary": False,
-    "num_sanity_val_steps": 0,
-}
-"""Trainer settings of a tuning run; ``trainer_kwargs`` override them (the step count comes from the config)."""
-
-EXPECTED_WARNINGS = ("does not have many workers", "`IterableDataset` has `__len__`", "in eval mode at the start")
-"""Lightning warnings that do not apply to a tuning run (one in-memory batch; frozen networks in eval mode)."""
-
-
 def tune_images(
     generator: Generator,
     images: Tensor,
@@ -253,10 +219,6 @@ def tune_images(
             f"need one unique id and one pivot per image: {images.shape[0]} images, {pivots.shape[0]} pivots, "
             f"{len(ids)} ids ({len(set(ids))} unique)"
         )
-    kwargs = {**TRAINER_DEFAULTS, **(trainer_kwargs or {})}
-    if "max_steps" in kwargs:
-        raise ConfigError("set the number of tuning steps with pivot.steps, not trainer max_steps")
-    kwargs["max_steps"] = config.steps
     if noise is None:
         per_image = [image_noise(generator, i, config.noise_seed) for i in ids]
         noise = [torch.cat(maps) for maps in zip(*per_image)]
@@ -271,14 +233,7 @@ def tune_images(
             "noise": [n[part] for n in noise],
         }
         module = PivotTuning(generator, ids[part], config, perceptual)
-        trainer = L.Trainer(**kwargs)  # type: ignore[arg-type]
-        with warnings.catch_warnings():
-            for expected in (
-                "does not have many workers",
-                "`IterableDataset` has `__len__`",
-                "in eval mode at the start",
-            ):
-                warnings.filterwarnings("ignore", message=f".*{re.escape(expected)}.*")
-            trainer.fit(module, DataLoader(_SameBatch(batch, config.steps), batch_size=None))
+        trainer = build_trainer(config.steps, trainer_kwargs, "pivot.steps", enable_progress_bar=True)
+        quiet_fit(trainer, module, same_batch_loader(batch, config.steps))
         results.extend(module.results(batch["pivots"], batch["noise"]))
     return results

@@ -8,8 +8,6 @@ progress bar.
 
 from __future__ import annotations
 
-import re
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,15 +17,10 @@ from torch import Tensor
 
 from facecloak.attacks.pixel import AttackRun, PixelAttack
 from facecloak.losses.identity import IdentityReference
-from facecloak.stages.latent_search import TRAINER_DEFAULTS, steps_loader
+from facecloak.stages.fit import build_trainer, quiet_fit, steps_loader
 
-EXPECTED_WARNINGS = (
-    "does not have many workers",
-    "`IterableDataset` has `__len__`",
-    "returned `None`",
-    "in eval mode at the start",
-)
-"""Lightning warnings that do not apply: an in-memory step counter, no optimizer (the attack steps itself)."""
+EXPECTED_WARNINGS = ("returned `None`",)
+"""A Lightning warning that does not apply: no optimizer (the attack steps itself)."""
 
 
 class PixelAttackStage(L.LightningModule):
@@ -72,10 +65,8 @@ def trainer_perturb(
 ) -> Tensor:
     """:meth:`PixelAttack.perturb` through a Lightning Trainer (``trainer_kwargs`` override the defaults)."""
     module = PixelAttackStage(attack, images01, landmarks5, reference, mask)
-    trainer = L.Trainer(**{**TRAINER_DEFAULTS, **(trainer_kwargs or {})})
-    with warnings.catch_warnings(), torch.enable_grad():
-        for expected in EXPECTED_WARNINGS:
-            warnings.filterwarnings("ignore", message=f".*{re.escape(expected)}.*")
-        trainer.fit(module, steps_loader(attack.config.steps))
+    trainer = build_trainer(attack.config.steps, trainer_kwargs, "the attack's steps")
+    with torch.enable_grad():
+        quiet_fit(trainer, module, steps_loader(attack.config.steps), expected=EXPECTED_WARNINGS)
     assert module.run is not None
     return module.run.adv.detach()

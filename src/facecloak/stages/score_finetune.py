@@ -16,10 +16,11 @@ The identity and expression gradients are combined by conflict projection
 (:class:`~facecloak.losses.gradient_projection.GradientProjector`, PCGrad with optional EMA); the naturalness
 gradient is added on top. Optimisation is manual for that reason.
 
-With ``composite`` (:func:`prepare_finetune_faces`) the losses judge the face as the protection pipeline will share
-it rather than the bare regeneration: the real crop, at any resolution, plus the regeneration's change upsampled and
-under the paste-back mask. That is what lets a network without a face prior (one that cannot reproduce the photo)
-still carry the edit, and what keeps a low-resolution network's edit effective on the sharp photo.
+With ``composite`` (:func:`~facecloak.stages.score_finetune_data.prepare_finetune_faces`) the losses judge the face
+as the protection pipeline will share it rather than the bare regeneration: the real crop, at any resolution, plus
+the regeneration's change upsampled and under the paste-back mask. That is what lets a network without a face prior
+(one that cannot reproduce the photo) still carry the edit, and what keeps a low-resolution network's edit effective
+on the sharp photo.
 
 The network weights are shared by all images, so data-parallel training is possible: each rank regenerates its own
 images and the per-objective gradients are averaged over ranks *before* projection (same result as one large
@@ -29,194 +30,32 @@ submodules, in eval mode, so checkpoints hold only the score network (and the op
 
 from __future__ import annotations
 
-import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from kornia.losses import ssim_loss
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
 
-from facecloak.diffusion import GradMode, NoiseSchedule, ddim_generate, ddim_invert
+from facecloak.diffusion import GradMode, NoiseSchedule, ddim_generate
 from facecloak.errors import ConfigError
-from facecloak.faces.align import transform_points, warp_image
-from facecloak.faces.detect import Face
-from facecloak.losses.expression import ExpressionObjective, face_boxes_from_landmarks, faceapi_crop
+from facecloak.losses.expression import ExpressionObjective, faceapi_crop
 from facecloak.losses.gradient_projection import GradientProjector, flatten_grads, gradient_cosine, unflatten_like
 from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
-from facecloak.losses.landmark_smoothness import laplacian_coordinates, laplacian_smoothness_loss, mesh_laplacian
+from facecloak.losses.landmark_smoothness import laplacian_smoothness_loss
 from facecloak.models.ddpm import DDPMUNet
-from facecloak.stages.score_finetune_config import FACE_CROP_SCALE, ScoreFinetuneConfig
+from facecloak.stages.score_finetune_config import ScoreFinetuneConfig
 
 SSIM_WINDOW = 11
 """Gaussian window of the SSIM fidelity term (Wang et al. 2004)."""
 
 SEED_STRIDE = 1_000_003
 """Separates the per-step random streams of different seeds (a prime, so seed·stride + step never collides early)."""
-
-Composite = Literal["delta", "replace"]
-"""How a regenerated face enters the shared photo (as in ``protect.paste``): its change, or the face itself."""
-
-
-# --- data ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class FaceCrop:
-    """A square face crop at the network's resolution, its landmarks, and the photo→crop matrix for paste-back."""
-
-    image01: torch.Tensor
-    """``[3, size, size]`` RGB in [0, 1]."""
-    landmarks5: torch.Tensor
-    """``[5, 2]`` landmarks in crop pixels."""
-    matrix: np.ndarray
-
-
-def square_face_crop(rgb: np.ndarray, face: Face, size: int, scale: float = FACE_CROP_SCALE) -> FaceCrop:
-    """Cut the square around a detected face that the score network sees (axis-aligned, antialiased)."""
-    if scale <= 0 or size < 1:
-        raise ConfigError(f"face crop scale={scale} and size={size} must be positive")
-    left, top, right, bottom = face.box
-    side = scale * max(right - left, bottom - top)
-    zoom = size / side
-    # Box centre (pixel-centre coordinates) goes to the crop centre ((size - 1) / 2).
-    cx, cy = (left + right) / 2.0, (top + bottom) / 2.0
-    matrix = np.array([[zoom, 0.0, (size - 1) / 2.0 - zoom * cx], [0.0, zoom, (size - 1) / 2.0 - zoom * cy]])
-    crop = warp_image(rgb, matrix, (size, size), interpolation="bilinear", border="reflect")
-    return FaceCrop(
-        image01=torch.from_numpy(crop).permute(2, 0, 1).float() / 255.0,
-        landmarks5=torch.from_numpy(transform_points(matrix, face.landmarks5)).float(),
-        matrix=matrix,
-    )
-
-
-class FinetuneFaces(Dataset):
-    """Per-image tensors the training step needs, precomputed once; items are dicts keyed as in :meth:`__getitem__`.
-
-    Keys: ``index`` (image id), ``x0`` (original in [-1, 1]), ``x_t0`` (fixed DDIM latent), ``landmarks5``,
-    ``boxes`` (face crop box), ``laplacian`` and ``delta`` (landmark mesh and original Laplacian coordinates),
-    ``source`` / ``target`` (per-model reference embeddings).
-    """
-
-    def __init__(self, tensors: dict[str, Any]) -> None:
-        self.tensors = tensors
-        self.length = int(tensors["x0"].shape[0])
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {key: _index(value, i) for key, value in self.tensors.items()}
-
-
-def _index(value: Any, i: int) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _index(v, i) for k, v in value.items()}
-    return value[i]
-
-
-@torch.no_grad()
-def prepare_finetune_faces(
-    unet: DDPMUNet,
-    images01: torch.Tensor,
-    landmarks5: torch.Tensor,
-    config: ScoreFinetuneConfig,
-    identity_loss: AdversarialIdentityLoss,
-    landmark_net: nn.Module | None = None,
-    target_embeddings: Mapping[str, torch.Tensor] | None = None,
-    schedule: NoiseSchedule | None = None,
-    composite: Composite | None = None,
-    change_mask: torch.Tensor | None = None,
-) -> FinetuneFaces:
-    """Invert the photos with the network *before* fine-tuning and gather every fixed reference the losses need.
-
-    ``images01`` are ``[N, 3, S, S]`` square face photos in [0, 1] and ``landmarks5`` their five landmarks in those
-    pixels; ``S`` is the network's resolution ``R`` unless the photos are composited. ``target_embeddings`` (per
-    model, ``[D]`` or ``[N, D]``) are needed for impersonation.
-
-    ``composite`` makes the losses judge what paste-back will share instead of the bare regeneration:
-    ``"delta"`` adds the change (regeneration by the tuned network minus the regeneration by this network, before
-    fine-tuning) to the real photo, ``"replace"`` blends in the regeneration itself; both upsampled from ``R`` to
-    ``S`` and under ``change_mask`` (``[N, 1, S, S]`` weights in [0, 1]; default: everywhere). The network then sees
-    the photos downsampled to ``R``. See :meth:`ScoreFinetune.composite`.
-    """
-    schedule = schedule or NoiseSchedule()
-    n = images01.shape[0]
-    size = unet.config.resolution
-    if tuple(images01.shape[-2:]) == (size, size):
-        network_images = images01
-    elif composite is not None:
-        network_images = F.interpolate(images01, size=(size, size), mode="area")  # antialiased, like a photo crop
-    else:
-        raise ConfigError(
-            f"photos of {list(images01.shape[-2:])} pixels need a composite mode; without one they must be at the "
-            f"network's resolution {size}"
-        )
-    x0 = network_images * 2.0 - 1.0
-    was_training = unet.training
-    unet.eval()
-    x_t0 = ddim_invert(unet, schedule, x0, t0=config.t0, num_steps=config.inversion_steps)
-    unet.train(was_training)
-    boxes = face_boxes_from_landmarks(landmarks5.float(), config.box_margin)
-    tensors: dict[str, Any] = {
-        "index": torch.arange(n),
-        "x0": x0,
-        "x_t0": x_t0,
-        "landmarks5": landmarks5.float(),
-        "boxes": boxes,
-        "source": identity_loss.embed(images01, landmarks5.float()),
-    }
-    if target_embeddings is not None:
-        tensors["target"] = {name: emb.expand(n, -1).clone() for name, emb in target_embeddings.items()}
-    elif config.identity_mode == "impersonate":
-        raise ConfigError("map.identity_mode='impersonate' needs target embeddings (embed a photo of the target)")
-    if config.weights.landmark > 0:
-        if landmark_net is None:
-            raise ConfigError("map.weights.landmark > 0 needs a 68-landmark network (load_faceapi_model('landmark68'))")
-        reference = landmark_net(faceapi_crop(images01, boxes))
-        tensors["laplacian"] = mesh_laplacian(reference).to(images01)
-        tensors["delta"] = laplacian_coordinates(reference, tensors["laplacian"], config.landmark_scale_invariant)
-    if composite is not None:
-        tensors.update(_composite_tensors(unet, images01, x_t0, config, schedule, composite, change_mask))
-    elif change_mask is not None:
-        raise ConfigError("a change mask needs a composite mode ('delta' or 'replace') to apply it to")
-    return FinetuneFaces(tensors)
-
-
-def _composite_tensors(
-    unet: DDPMUNet,
-    images01: torch.Tensor,
-    x_t0: torch.Tensor,
-    config: ScoreFinetuneConfig,
-    schedule: NoiseSchedule,
-    composite: str,
-    change_mask: torch.Tensor | None,
-) -> dict[str, torch.Tensor]:
-    """``photo`` and ``mask`` at the photos' resolution, and for delta the ``base`` regeneration before tuning."""
-    if composite not in get_args(Composite):
-        raise ConfigError(f"composite={composite!r} must be one of {list(get_args(Composite))}")
-    n, _, height, width = images01.shape
-    mask = torch.ones(n, 1, height, width) if change_mask is None else change_mask
-    if mask.shape != (n, 1, height, width):
-        raise ConfigError(f"change mask must have shape {[n, 1, height, width]}, got {list(mask.shape)}")
-    tensors = {"photo": images01, "mask": mask.to(images01)}
-    if composite == "delta":
-        was_training = unet.training
-        unet.eval()
-        regenerated = ddim_generate(
-            unet, schedule, x_t0, t0=config.t0, num_steps=config.generation_steps, grad_mode="none"
-        )
-        unet.train(was_training)
-        tensors["base"] = (regenerated + 1.0) / 2.0
-    return tensors
 
 
 def _resize_like(images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -246,7 +85,12 @@ class FrozenJudges:
 
 
 class ScoreFinetune(L.LightningModule):
-    """MAP fine-tuning of ``unet``; the trained network is ``self.unet`` (see :func:`protect_with_finetuned`)."""
+    """MAP fine-tuning of ``unet``; the trained network is ``self.unet``.
+
+    Its data comes from :mod:`facecloak.stages.score_finetune_data`, its resumable fit from
+    :func:`facecloak.stages.fit.fit_resumable`, and :mod:`facecloak.stages.score_finetune_infer` protects new photos
+    with the result.
+    """
 
     def __init__(
         self,
@@ -311,7 +155,8 @@ class ScoreFinetune(L.LightningModule):
         """Regenerate images (about [0, 1]) from their fixed latents, differentiably w.r.t. the score network.
 
         Not clamped: a clamp would zero the gradient of out-of-range pixels, so the fidelity terms could not pull
-        them back. :func:`protect_with_finetuned` clamps the final output.
+        them back. :func:`~facecloak.stages.score_finetune_infer.protect_with_finetuned`
+        clamps the final output.
         """
         c = self.config
         grad_mode: GradMode = c.grad_mode  # type: ignore[assignment]  # validated in ScoreFinetuneConfig
@@ -420,129 +265,6 @@ class ScoreFinetune(L.LightningModule):
         return self.trainer.strategy.reduce(flat, reduce_op="mean")
 
 
-# --- fitting, with resumable checkpoints -----------------------------------------------------------------------------
-
-
-FIT_DEFAULTS: dict[str, Any] = {
-    "accelerator": "auto",
-    "devices": 1,
-    "max_epochs": -1,
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-    "num_sanity_val_steps": 0,
-}
-"""Trainer settings of a fine-tuning run; ``trainer_kwargs`` override them (the step count comes from the caller)."""
-
-CHECKPOINT_STEM = "finetune"
-"""File name (``finetune.ckpt``) of the resumable Lightning checkpoint in a fit's checkpoint folder."""
-
-EXPECTED_WARNINGS = (
-    "does not have many workers",
-    "smaller than the logging interval",
-    "in eval mode at the start",
-    "`max_epochs` was not set",
-    "exists and is not empty",
-    "manual optimization and every_n_train_steps",
-)
-"""Lightning warnings that do not apply here: one in-memory batch, frozen judges kept in eval mode, a checkpoint
-folder that is meant to be resumed from, and checkpoints taken after the step's update (which is the state to resume
-from: its step count, Adam moments and gradient EMA all include that update)."""
-
-
-@dataclass(frozen=True)
-class FitReport:
-    """What a fine-tuning call did: where it started, where it stopped, its last logged values, its checkpoint."""
-
-    start_step: int
-    end_step: int
-    metrics: dict[str, float]
-    checkpoint: Path | None
-
-
-def fit_score_finetune(
-    module: ScoreFinetune,
-    data: FinetuneFaces,
-    steps: int,
-    trainer_kwargs: Mapping[str, Any] | None = None,
-    checkpoint_dir: Path | None = None,
-    checkpoint_every: int = 10,
-) -> FitReport:
-    """Fine-tune ``module`` on ``data`` (all of it in one batch) until ``steps`` optimisation steps are done.
-
-    With ``checkpoint_dir``, a Lightning checkpoint (network, Adam moments, gradient EMA, step count) is written
-    every ``checkpoint_every`` steps and at the end, and a call that finds one there continues from it: the
-    per-step randomness depends only on (seed, step), so an interrupted and resumed fit ends with the weights of an
-    uninterrupted one. A checkpoint already at ``steps`` is only loaded.
-    """
-    if steps < 1 or checkpoint_every < 1:
-        raise ConfigError(f"map.steps={steps} and map.checkpoint_every={checkpoint_every} must be at least 1")
-    kwargs = {**FIT_DEFAULTS, **(trainer_kwargs or {})}
-    if "max_steps" in kwargs:
-        raise ConfigError("set the number of fine-tuning steps with map.steps, not trainer max_steps")
-    callbacks = list(kwargs.pop("callbacks", None) or [])
-    checkpoint = None if checkpoint_dir is None else checkpoint_dir / f"{CHECKPOINT_STEM}.ckpt"
-    if checkpoint_dir is not None:
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        saver = ModelCheckpoint(
-            dirpath=checkpoint_dir,
-            filename=CHECKPOINT_STEM,
-            every_n_train_steps=checkpoint_every,
-            enable_version_counter=False,  # overwrite the one checkpoint (Lightning writes it atomically)
-        )
-        callbacks.append(saver)
-        kwargs.update(enable_checkpointing=True, default_root_dir=checkpoint_dir)
-    resume = checkpoint if checkpoint is not None and checkpoint.exists() else None
-    start_step = checkpoint_step(resume) if resume is not None else 0
-    trainer = L.Trainer(max_steps=steps, callbacks=callbacks, **kwargs)
-    with warnings.catch_warnings():
-        for expected in EXPECTED_WARNINGS:
-            warnings.filterwarnings("ignore", message=f".*{re.escape(expected)}.*")
-        trainer.fit(module, DataLoader(data, batch_size=len(data), shuffle=False), ckpt_path=resume)
-    if checkpoint is not None and trainer.global_step % checkpoint_every:  # the last step fell between two saves
-        trainer.save_checkpoint(checkpoint, weights_only=False)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return FitReport(start_step, trainer.global_step, metrics, checkpoint)
-
-
-def checkpoint_step(path: Path) -> int:
-    """The step a Lightning checkpoint was saved at, read without loading its tensors (memory-mapped)."""
-    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
-
-
-# --- protecting new photos -------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def protect_with_finetuned(
-    unet: DDPMUNet,
-    images01: torch.Tensor,
-    config: ScoreFinetuneConfig,
-    original: DDPMUNet | None = None,
-    schedule: NoiseSchedule | None = None,
-) -> torch.Tensor:
-    """Protect photos (``[N, 3, R, R]`` in [0, 1]) with a fine-tuned network, without further training.
-
-    Generation always uses the fine-tuned ``unet``. Inversion uses ``original`` when given: that is DiffusionCLIP's
-    recipe (``edit_one_image`` inverts with the pretrained model) and matches training, where the latents came from
-    the network before fine-tuning. Without it the fine-tuned network also inverts, so a single saved network is
-    enough to protect; the round trip then tends to undo part of the edit, so pass ``original`` when you have it.
-    """
-    schedule = schedule or NoiseSchedule()
-    inverter = original if original is not None else unet
-    states = [(net, net.training) for net in ([unet] if original is None else [unet, original])]
-    for net, _ in states:
-        net.eval()
-    x0 = images01.to(next(unet.parameters())) * 2.0 - 1.0
-    x_t0 = ddim_invert(inverter, schedule, x0, t0=config.t0, num_steps=config.inversion_steps)
-    x = ddim_generate(unet, schedule, x_t0, t0=config.t0, num_steps=config.generation_steps, grad_mode="none")
-    for net, mode in states:
-        net.train(mode)
-    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
-
-
 def save_finetuned(module: ScoreFinetune, directory: str | Path) -> Path:
-    """Save the fine-tuned score network alone (``save_pretrained``), ready for :func:`protect_with_finetuned`."""
+    """Save the fine-tuned score network alone (``save_pretrained``), ready for ``protect_with_finetuned``."""
     return module.unet.save_pretrained(directory)

@@ -1,4 +1,7 @@
-"""MAP fine-tuning settings (the ``map`` config section's stage options); Lightning-free for the config layer."""
+"""MAP fine-tuning settings (the ``map`` config section's stage options); Lightning-free for the config layer.
+
+``FACE_CROP_SCALE`` (from :mod:`facecloak.faces.regions`) is the default of ``map.crop_scale``.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +11,12 @@ from typing import Any, get_args
 
 from facecloak.diffusion import GradMode
 from facecloak.errors import ConfigError
+from facecloak.faces.regions import FACE_CROP_SCALE
 from facecloak.losses.expression import DEFAULT_BOX_MARGIN
 from facecloak.losses.identity import MODES
 from facecloak.validate import from_plain_dict
 
-FACE_CROP_SCALE = 1.6
-"""Side of the square network input relative to the detector box's larger side: the whole head with a little
-background, roughly the framing of the CelebA-HQ images the reference score network was trained on."""
+__all__ = ["FACE_CROP_SCALE", "LossWeights", "ScoreFinetuneConfig"]
 
 
 @dataclass(frozen=True)

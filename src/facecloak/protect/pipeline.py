@@ -17,6 +17,8 @@ import logging
 import re
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -37,7 +39,7 @@ from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
 from facecloak.models.fr.zoo import FaceEmbedder, load_fr_model
 from facecloak.models.stylegan2 import Generator, GeneratorConfig, load_stylegan2_checkpoint
 from facecloak.registry.store import is_available, resolve_one
-from facecloak.verify.judge import FaceJudge
+from facecloak.verify.judge import FaceJudge, Role
 from facecloak.verify.thresholds import Threshold, build_threshold_table
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ NO_FACE_PRIOR_NOTE = (
     "and paste-back; use the FFHQ checkpoint (facecloak weights fetch stylegan2_ffhq_1024) for the paper's method"
 )
 SIDE_BY_SIDE_HEIGHT = 512
+STAGE1 = "stage1_invert_tune"
+STAGE2 = "stage2_search"
+"""CLIP2Protect's two stages per face, as :attr:`PhotoJob.measure_stage` names them to whoever measures them."""
 SMOKE_NOTE = "scale=smoke: a tiny run that checks the code path; these verdicts are not results"
 
 
@@ -147,6 +152,8 @@ class PhotoJob:
         self.callbacks = list(callbacks or [])
         self.detector = detector_from_config(config.faces, config.device)
         self.notes: list[str] = []  # caveats every record of the job carries (e.g. networks without weights)
+        # Wraps each stage a method runs (STAGE1, STAGE2); evaluate's cost meter replaces it to time them.
+        self.measure_stage: Callable[[str], AbstractContextManager[Any]] = _unmeasured
 
     def faces_of(self, photo: Photo) -> list[Face]:
         """Every face of a photo (up to ``protect.max_faces``), largest first."""
@@ -270,8 +277,9 @@ class PhotoProtector(PhotoJob, ABC):
         self.attacked = [load_fr_model(n, config.device) for n in config.fr.attacked]
         self.held_out = [load_fr_model(n, config.device) for n in config.fr.held_out]
         self.identity = AdversarialIdentityLoss(self.attacked, cast(Mode, config.protect.mode))
-        roles = {**{m.name: "attacked" for m in self.attacked}, **{m.name: "held_out" for m in self.held_out}}
-        self.judge = FaceJudge(self.all_models, self.detector, config.faces, config.device, roles)  # type: ignore[arg-type]
+        roles: dict[str, Role] = {m.name: "attacked" for m in self.attacked}
+        roles.update({m.name: "held_out" for m in self.held_out})
+        self.judge = FaceJudge(self.all_models, self.detector, config.faces, config.device, roles)
         table = build_threshold_table(
             [m.name for m in self.all_models],
             resolve_data_path(config.fr.calibration),
@@ -396,8 +404,10 @@ class Protector(FaceInverter, PhotoProtector):
     def protect_face(self, photo: Photo, face: Face, face_id: str) -> FaceProtection:
         """Align, invert and pivot-tune (stage 1), then the adversarial latent search (stage 2)."""
         work = self.align(photo, face)
-        stage1 = self.invert_and_tune(work, face_id)
-        result = self.search(work, stage1, face_id)
+        with self.measure_stage(STAGE1):
+            stage1 = self.invert_and_tune(work, face_id)
+        with self.measure_stage(STAGE2):
+            result = self.search(work, stage1, face_id)
         return FaceProtection(
             crop=to_uint8(result.image),
             matrix=work.aligned.matrix,
@@ -449,6 +459,10 @@ class Protector(FaceInverter, PhotoProtector):
             change_mask=change_mask,
         )
         return result
+
+
+def _unmeasured(stage: str) -> AbstractContextManager[Any]:
+    return nullcontext()
 
 
 def side_by_side(before: np.ndarray, after: np.ndarray, height: int = SIDE_BY_SIDE_HEIGHT) -> np.ndarray:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from facecloak.faces.detect import Face, FaceDetector
 from facecloak.models.fr.zoo import FaceEmbedder
 from facecloak.verify.metrics import FACE_RECOGNITION_TOLERANCE, Metric, compare_rows, matches
 from facecloak.verify.thresholds import Threshold
+
+if TYPE_CHECKING:
+    from facecloak.config.schema import FacesConfig
 
 SAME_FACE_MIN_IOU = 0.3
 """A face found on the protected photo is the protected face when its box overlaps the original's at least this
@@ -105,7 +108,7 @@ class FaceJudge:
         self,
         models: Sequence[FaceEmbedder],
         detector: FaceDetector,
-        faces_config: Any,
+        faces_config: FacesConfig,
         device: torch.device | str = "cpu",
         roles: Mapping[str, Role] | None = None,
     ) -> None:

@@ -4,10 +4,11 @@ For one photo of each of ``--n-photos`` people in a labelled folder (``labels.cs
 attack dodges the attacked ensemble (default ``mobilefacenet_casia`` + ``faceres``) at every budget, on the face
 region of the full photo (:func:`facecloak.attacks.pixel.protect_photo_pixels`, uint8 output). Then:
 
-* **dlib success**: the face is re-detected on the protected uint8 photo, its dlib chip embedded by native dlib
-  (never attacked), and protection succeeds when it matches *no* other photo of the same person (cosine similarity
-  at or below dlib's threshold at ``--far``, read from ``--calibration``). A face the detector no longer finds is
-  judged at its original box and counted in ``redetect_misses``;
+* **dlib success**: the face is re-detected on the protected uint8 photo and embedded by native dlib (never
+  attacked) through facecloak's judge (:mod:`facecloak.verify.judge`), and protection succeeds when it matches *no*
+  other photo of the same person (Euclidean distance of dlib's descriptor at or above dlib's threshold at ``--far``,
+  read from ``--calibration``). A face the detector no longer finds is measured at its original box and counted in
+  ``redetect_misses``;
 * the same after a JPEG q75 round trip of the protected photo (what an upload does);
 * **white-box success**: every attacked model's similarity to the clean face at or below its own threshold;
 * face-region PSNR / SSIM / HaarPSI of the protected photo against the original, and of JPEG75(protected) against
@@ -41,21 +42,21 @@ from facecloak.errors import ConfigError
 from facecloak.evaluation.quality import measure_quality
 from facecloak.evaluation.robustness import apply_transform
 from facecloak.faces.config import FacesConfig
-from facecloak.faces.crops import box_iou, crop_for_template, detect_with_config, detector_from_config
+from facecloak.faces.crops import detect_with_config, detector_from_config
 from facecloak.faces.detect import Face, FaceDetector
 from facecloak.io.images import load_photo
 from facecloak.losses.identity import AdversarialIdentityLoss
-from facecloak.models.fr.zoo import FaceEmbedder, load_fr_model
+from facecloak.models.fr.zoo import load_fr_model
 from facecloak.paths import shared_faces_dir
-from facecloak.verify.calibrate import LabelledPhoto, read_labels
+from facecloak.verify.judge import FaceJudge
+from facecloak.verify.labelled import LabelledPhoto, read_labels
+from facecloak.verify.metrics import alikeness, compare_rows, matches
+from facecloak.verify.thresholds import Threshold, ThresholdTable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JUDGE = "dlib_native"
-JUDGE_TEMPLATE = "dlib_chip_150"  # native dlib aligns its own 150-px chip from the face box
 QUALITY_METRICS = ("psnr", "ssim", "haarpsi")
 MIN_PHOTOS = 2
-SAME_FACE_MIN_IOU = 0.3
-"""A re-detected face is the protected one when its box overlaps the original's this much (else: a miss)."""
 
 
 @dataclass(frozen=True)
@@ -69,38 +70,40 @@ class Probe:
 
 
 class DlibJudge:
-    """Held-out native dlib: gallery embeddings of every labelled photo and the FAR threshold."""
+    """Held-out native dlib behind facecloak's judge: gallery embeddings of every labelled photo and its threshold."""
 
-    def __init__(self, detector: FaceDetector, faces_config: FacesConfig, threshold: float) -> None:
-        self.model: FaceEmbedder = load_fr_model(JUDGE)
-        self.detector = detector
+    def __init__(self, detector: FaceDetector, faces_config: FacesConfig, threshold: Threshold) -> None:
+        model = load_fr_model(JUDGE)
+        self.metric = model.entry.metric
         # dlib cuts its chip from the box alone, so the 68-point landmark refinement is not needed to judge.
         self.faces_config = replace(faces_config, refine_landmarks=False)
+        self.judge = FaceJudge([model], detector, self.faces_config, roles={JUDGE: "held_out"})
         self.threshold = threshold
         self.gallery: dict[str, tuple[str, np.ndarray]] = {}
 
     def embed(self, rgb: np.ndarray, face: Face) -> np.ndarray:
-        """dlib descriptor (unit norm) of one face."""
-        chip = torch.from_numpy(crop_for_template(rgb, face, JUDGE_TEMPLATE)).permute(2, 0, 1)[None].float() / 255
-        return self.model(chip)[0].numpy()
+        """dlib descriptor of one face."""
+        return self.judge.embed(rgb, face)[JUDGE]
 
     def add_gallery(self, photo: LabelledPhoto, rgb: np.ndarray, face: Face) -> None:
         """Remember a clean photo's descriptor under its id and identity."""
         self.gallery[photo.image_id] = (photo.identity, self.embed(rgb, face))
 
     def best_match(self, rgb: np.ndarray, probe: Probe) -> tuple[float, bool]:
-        """Highest similarity to another photo of the same person, and whether the face had to be found by fallback."""
-        candidates = detect_with_config(rgb, self.detector, self.faces_config)
-        scored = [(box_iou(f.box, probe.face.box), f) for f in candidates]
-        overlap, face = max(scored, key=lambda s: s[0], default=(0.0, probe.face))
-        missed = overlap < SAME_FACE_MIN_IOU
-        descriptor = self.embed(rgb, probe.face if missed else face)
-        sims = [
-            float(descriptor @ emb)
+        """dlib's value (distance) to the closest other photo of the same person, and whether the face was missed."""
+        found = self.judge.locate(rgb, probe.face)
+        descriptor = self.embed(rgb, found or probe.face)
+        others = [
+            emb
             for image_id, (identity, emb) in self.gallery.items()
             if identity == probe.identity and image_id != probe.image_id
         ]
-        return max(sims), missed
+        values = compare_rows(descriptor, np.stack(others), self.metric)[0]  # type: ignore[arg-type]
+        return float(values[np.argmax(alikeness(values, self.metric))]), found is None  # type: ignore[arg-type]
+
+    def protects(self, value: float) -> bool:
+        """Whether the closest value is on the protected side of dlib's threshold (no match)."""
+        return not bool(matches(value, self.threshold.value, self.metric))  # type: ignore[arg-type]
 
 
 def _tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -166,7 +169,7 @@ def _summary(rows: list[dict]) -> dict:
         "n": len(rows),
         "dlib_success": mean("dlib_success"),
         "dlib_success_jpeg75": mean("dlib_success_jpeg75"),
-        "dlib_best_similarity": mean("dlib_best_similarity"),
+        "dlib_closest_distance": mean("dlib_closest_distance"),
         "redetect_misses": int(sum(row["redetect_miss"] for row in rows)),
         "seconds_per_photo": mean("seconds"),
     }
@@ -180,18 +183,14 @@ def _summary(rows: list[dict]) -> dict:
 def run(args: argparse.Namespace) -> dict:
     """Protect every probe with every attack and budget, judge each result, return the per-photo and mean results."""
     torch.set_num_threads(args.threads)
-    calibration = json.loads(Path(args.calibration).read_text())
+    table = ThresholdTable.from_calibration(args.calibration)
     far = args.far
-    try:
-        judge_threshold = float(calibration[JUDGE]["thresholds"][far])
-        attacked_thresholds = {name: float(calibration[name]["thresholds"][far]) for name in args.models}
-    except KeyError as err:
-        raise ConfigError(
-            f"{args.calibration} has no threshold {err} at FAR {far}; run `facecloak fr calibrate`"
-        ) from err
+    threshold = table.get(JUDGE, far, "euclidean")
+    judge_threshold = threshold.value
+    attacked_thresholds = {name: table.get(name, far, "cosine").value for name in args.models}
     faces_config = compose().faces
     detector = detector_from_config(faces_config)
-    judge = DlibJudge(detector, faces_config, judge_threshold)
+    judge = DlibJudge(detector, faces_config, threshold)
     probes = load_probes_and_gallery(Path(args.faces_dir), args.n_photos, judge, detector, faces_config)
     loss = AdversarialIdentityLoss([load_fr_model(name) for name in args.models], "dodge")
 
@@ -201,10 +200,10 @@ def run(args: argparse.Namespace) -> dict:
         return {
             "image_id": probe.image_id,
             "seconds": seconds,
-            "dlib_best_similarity": best,
-            "dlib_success": best <= judge_threshold,
-            "dlib_best_similarity_jpeg75": best_jpeg,
-            "dlib_success_jpeg75": best_jpeg <= judge_threshold,
+            "dlib_closest_distance": best,
+            "dlib_success": judge.protects(best),
+            "dlib_closest_distance_jpeg75": best_jpeg,
+            "dlib_success_jpeg75": judge.protects(best_jpeg),
             "redetect_miss": missed or missed_jpeg,
         }
 
@@ -230,7 +229,7 @@ def run(args: argparse.Namespace) -> dict:
                 )
                 rows.append(row)
                 print(
-                    f"{name} eps {eps:g}/255 {probe.image_id}: dlib {row['dlib_best_similarity']:.3f} "
+                    f"{name} eps {eps:g}/255 {probe.image_id}: dlib {row['dlib_closest_distance']:.3f} "
                     f"({'ok' if row['dlib_success'] else 'match'}), {row['seconds']:.1f} s",
                     flush=True,
                 )
@@ -254,8 +253,9 @@ def markdown_table(report: dict) -> str:
     settings = report["settings"]
     head = (
         f"Dodging {', '.join(settings['models'])} ({settings['steps']} steps) on {len(settings['probes'])} photos; "
-        f"judge: native dlib at FAR {settings['far']} (threshold {settings['judge_threshold']:.4f}).\n\n"
-        "| attack | eps | dlib success | after JPEG75 | white-box success | mean best dlib sim | PSNR | SSIM | HaarPSI "
+        f"judge: native dlib at FAR {settings['far']} (distance threshold {settings['judge_threshold']:.4f}).\n\n"
+        "| attack | eps | dlib success | after JPEG75 | white-box success | mean closest dlib distance | PSNR | SSIM "
+        "| HaarPSI "
         "| PSNR / SSIM / HaarPSI after JPEG75 | s / photo |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
@@ -272,7 +272,8 @@ def markdown_table(report: dict) -> str:
             quality, quality_jpeg, white = "– | – | –", "–", "–"
         lines.append(
             f"| {entry.get('attack', key)} | {eps} | {s['dlib_success']:.0%} | {s['dlib_success_jpeg75']:.0%} "
-            f"| {white} | {s['dlib_best_similarity']:.3f} | {quality} | {quality_jpeg} | {s['seconds_per_photo']:.1f} |"
+            f"| {white} | {s['dlib_closest_distance']:.3f} | {quality} | {quality_jpeg} "
+            f"| {s['seconds_per_photo']:.1f} |"
         )
     notes = (
         "\n\nQuality is on the face box; after JPEG75 it compares JPEG75(protected) with JPEG75(original). "

@@ -2,7 +2,8 @@
 
 Protects the same probes as ``bench_pixel_baselines.py`` (first photo of each of the first N people with at least
 two photos) in dodging mode with the chosen preset and overrides, then judges every saved photo with held-out
-native dlib: success = the protected face matches *no* other photo of the same person at dlib's FAR threshold.
+native dlib through facecloak's judge: success = the protected face matches *no* other photo of the same person at
+dlib's FAR threshold (Euclidean distance). White-box: protect's own verdicts of the attacked models.
 Reports face-box PSNR/SSIM/HaarPSI, the same after JPEG q75, and seconds per photo.
 
     python scripts/bench_protect.py --out outputs/bench_protect [--n-photos 10] [override=value ...]
@@ -31,6 +32,7 @@ from facecloak.io.images import load_photo
 from facecloak.paths import shared_faces_dir
 from facecloak.protect.pipeline import image_id_for
 from facecloak.protect.runner import STAGE_DIR_NAME, run_protect_job
+from facecloak.verify.thresholds import ThresholdTable
 
 
 def main() -> None:
@@ -45,10 +47,8 @@ def main() -> None:
     args = parser.parse_args()
 
     config = compose(["preset=offline", "protect.mode=dodge", "trainer.progress_bar=false", *args.overrides])
-    calibration = json.loads(
-        resolve_data_path(config.fr.calibration or "docs/calibration_shared_faces.json").read_text()
-    )
-    threshold = calibration["dlib_native"]["thresholds"][args.far]
+    calibration = resolve_data_path(config.fr.calibration or "docs/calibration_shared_faces.json")
+    threshold = ThresholdTable.from_calibration(calibration).get("dlib_native", args.far, "euclidean")
     detector = detector_from_config(config.faces)
     judge = DlibJudge(detector, config.faces, threshold)
     probes = load_probes_and_gallery(shared_faces_dir(), args.n_photos, judge, detector, config.faces, args.probe_index)
@@ -76,12 +76,14 @@ def main() -> None:
         rows.append(
             {
                 "probe": probe.image_id,
-                "dlib_best_similarity": best,
-                "dlib_success": best <= threshold,
-                "dlib_success_jpeg75": best_jpeg <= threshold,
+                "dlib_closest_distance": best,
+                "dlib_success": judge.protects(best),
+                "dlib_success_jpeg75": judge.protects(best_jpeg),
                 "redetect_miss": missed,
                 "white_box": {
-                    m: v["passes"] for m, v in record["faces"][0]["fr"].items() if v.get("role") == "attacked"
+                    m: v["verdict"] == "protected"
+                    for m, v in record["faces"][0]["fr"].items()
+                    if v["role"] == "attacked"
                 },
                 "quality": _face_quality(probe.rgb, protected, probe.face),
                 "quality_jpeg75": _face_quality(apply_transform("jpeg75", probe.rgb), jpeg, probe.face),
@@ -93,14 +95,14 @@ def main() -> None:
     report = {
         "config_overrides": args.overrides,
         "stage1_reused": args.stages_from is not None,
-        "judge_threshold": threshold,
+        "judge_threshold": threshold.value,
         "rows": rows,
         "summary": {
             "n": len(ok),
             "dlib_success": mean(r["dlib_success"] for r in ok),
             "dlib_success_jpeg75": mean(r["dlib_success_jpeg75"] for r in ok),
             "white_box_success": mean(all(r["white_box"].values()) for r in ok),
-            "dlib_best_similarity": mean(r["dlib_best_similarity"] for r in ok),
+            "dlib_closest_distance": mean(r["dlib_closest_distance"] for r in ok),
             "quality": {m: mean(r["quality"][m] for r in ok) for m in ("psnr", "ssim", "haarpsi")},
             "quality_jpeg75": {m: mean(r["quality_jpeg75"][m] for r in ok) for m in ("psnr", "ssim", "haarpsi")},
             "seconds_per_photo": mean(r["seconds"] for r in ok),
@@ -109,7 +111,7 @@ def main() -> None:
     (args.out / "bench_protect.json").write_text(json.dumps(report, indent=2, default=float))
     for r in ok:
         print(
-            f"{r['probe']:32s} dlib {r['dlib_best_similarity']:.3f} {'ok ' if r['dlib_success'] else 'no '}"
+            f"{r['probe']:32s} dlib {r['dlib_closest_distance']:.3f} {'ok ' if r['dlib_success'] else 'no '}"
             f"HaarPSI {r['quality']['haarpsi']:.3f} white-box {r['white_box']}"
         )
     print(json.dumps(report["summary"], indent=2, default=float))

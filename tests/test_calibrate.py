@@ -15,7 +15,8 @@ from facecloak.cli.main import main
 from facecloak.config.compose import compose
 from facecloak.models.fr.zoo import fr_model_names, load_fr_model
 from facecloak.registry.entries import load_registry
-from facecloak.verify.calibrate import embed_labelled_set, read_labels
+from facecloak.verify.calibrate import embed_labelled_set
+from facecloak.verify.labelled import read_labels
 
 AUC_TOLERANCE = 0.01  # the bar: within 0.01 of what MANIFEST.md reports
 DLIB_PORT_MIN_COSINE = 0.999
@@ -44,7 +45,7 @@ def manifest_aucs(weights_dir: Path) -> dict[str, float]:
 def shared_calibration(faces_dir: Path) -> dict:
     config = compose()
     models = fr_model_names(available_only=True)
-    embedded = embed_labelled_set(read_labels(faces_dir), [load_fr_model(m) for m in models], config)
+    embedded = embed_labelled_set(read_labels(faces_dir), [load_fr_model(m) for m in models], config.faces)
     return {"embedded": embedded, "models": models}
 
 
@@ -67,6 +68,7 @@ def test_offline_models_reach_manifest_auc(shared_calibration: dict, weights_dir
 def test_face_api_port_agrees_with_native_dlib_on_every_face(shared_calibration: dict) -> None:
     embedded = shared_calibration["embedded"]
     port, native = embedded.embeddings["faceapi_dlib"], embedded.embeddings["dlib_native"]
+    native = native / np.linalg.norm(native, axis=1, keepdims=True)  # dlib's raw descriptor (compared by distance)
     cosines = (port * native).sum(axis=1)
     assert len(cosines) == len(embedded.photos) >= 40
     assert cosines.min() >= DLIB_PORT_MIN_COSINE, f"min cosine {cosines.min():.5f}"
@@ -110,8 +112,10 @@ def test_calibrate_cli_on_any_labelled_folder(faces_dir: Path, tmp_path: Path, c
         assert set(report[model]["thresholds"]) == {"0.1", "0.01"}
         assert report[model]["n_faces"] == 6
     reasons = {f["image_id"]: f["reason"] for f in report["_meta"]["failures"]}
-    assert "not an image" in reasons["broken.jpg"] or "corrupt" in reasons["broken.jpg"]
-    assert reasons["wall.png"] == "no face detected"
+    assert "not an image" in reasons["broken"] or "corrupt" in reasons["broken"]  # ids: the one labels rule
+    assert reasons["wall"] == "no face detected"
+    assert report["dlib_native"]["metric"] == "euclidean" and report["mobilefacenet_casia"]["metric"] == "cosine"
+    assert report["dlib_native"]["face_recognition_tolerance"]["distance"] == 0.6
     assert out.with_suffix(".md").read_text().startswith("| model | AUC")
 
 

@@ -70,8 +70,14 @@ def test_embed_same_person_more_similar_than_others(faces_dir: Path, tmp_path: P
     other = sorted((faces_dir / "jeff_bezos").glob("*.jpg"))[:1]
     out = tmp_path / "emb.json"
     assert main(["embed", *map(str, same + other), "--models", model, "--out", str(out)]) == 0
-    sims = json.loads(out.read_text())["models"][model]["similarity"]
+    result = json.loads(out.read_text())["models"][model]
+    sims = result["similarity"]
     assert sims[0][1] > sims[0][2] and sims[0][1] > sims[1][2]
+    # In the model's own metric (dlib: Euclidean distance, smaller = more alike) the ordering is the same.
+    sign = -1 if result["metric"] == "euclidean" else 1
+    values = [[sign * v for v in row] for row in result["values"]]
+    assert result["metric"] == ("euclidean" if model == "dlib_native" else "cosine")
+    assert values[0][1] > values[0][2] and values[0][1] > values[1][2]
 
 
 STAGE1_TINY = [

@@ -94,7 +94,7 @@ def test_two_ranks_under_torchrun_equal_one_rank(
     )
     assert _digests(out) == single_process  # bit-identical, every output written once
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["complete"] and summary["counts"] == {"done": len(PEOPLE)}
+    assert summary["all_photos_processed"] and summary["counts"] == {"done": len(PEOPLE)}
 
 
 @pytest.mark.slow
@@ -122,11 +122,11 @@ def test_a_crashed_rank_is_reported_and_a_rerun_completes(
     _, stderr = processes[0].communicate(timeout=900)
     assert processes[0].returncode != 0, stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert not summary["complete"] and summary["missing_ranks"] == [1]
+    assert not summary["all_photos_processed"] and summary["missing_ranks"] == [1]
     assert summary["incomplete"]  # rank 1's photo
 
     subprocess.run([sys.executable, *_protect_args(photos, out)], check=True, env=_env(), timeout=900)
-    assert json.loads((out / "summary.json").read_text())["complete"]
+    assert json.loads((out / "summary.json").read_text())["all_photos_processed"]
     assert _digests(out) == single_process
 
 

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ from facecloak.evaluation.metered_protect import PROTECT_STAGE, STAGE1, STAGE2, 
 from facecloak.evaluation.protocol import ProtocolItem
 from facecloak.evaluation.psr import FaceEmbedding
 from facecloak.evaluation.robustness import DEFAULT_TRANSFORMS
+from facecloak.protect import pipeline
+from facecloak.protect.pipeline import PhotoJob
 from facecloak.verify.metrics import identity_ranks
 from test_protect import TINY as PROTECT_TINY
 
@@ -239,25 +242,25 @@ def test_identity_ranks_score_people_by_their_best_photo_and_ties_favour_the_per
     assert tied.tolist() == [1.0]
 
 
-class _TwoStageMethod:
-    """The shape of a protector with CLIP2Protect's stage methods, one calling the other as ``protect_face`` does."""
+class _TwoStageMethod(PhotoJob):
+    """A photo job whose method reports two stages through the ``measure_stage`` hook, as CLIP2Protect does."""
 
-    def invert_and_tune(self, x: int) -> int:
-        return x + 1
-
-    def search(self, x: int) -> int:
-        return 2 * x
+    def __init__(self) -> None:
+        self.measure_stage = lambda stage: nullcontext()
 
     def protect_face(self, x: int) -> int:
-        return self.search(self.invert_and_tune(x))
+        with self.measure_stage(pipeline.STAGE1):
+            x += 1
+        with self.measure_stage(pipeline.STAGE2):
+            return 2 * x
 
 
-class _OneStepMethod:
+class _OneStepMethod(_TwoStageMethod):
     def protect_face(self, x: int) -> int:
         return x
 
 
-def test_stage_meter_measures_the_stage_methods_a_protector_has() -> None:
+def test_stage_meter_measures_the_stages_a_protector_reports() -> None:
     method = _TwoStageMethod()
     meter = StageMeter(method, torch.device("cpu"))
     for _ in range(2):  # two faces of one photo

@@ -77,8 +77,16 @@ def test_record_judges_every_model_on_the_saved_file(job: dict) -> None:
     assert {"mobilefacenet_casia", "faceres", "dlib_native"} <= set(verdicts)
     assert verdicts["dlib_native"]["role"] == "held_out"
     for verdict in verdicts.values():
-        assert verdict["passes"] == (verdict["similarity_after"] <= verdict["threshold"])
+        protected = verdict["verdict"] == "protected"
+        if verdict["metric"] == "cosine":
+            assert protected == (verdict["after"] <= verdict["threshold"])
+            assert verdict["margin"] == pytest.approx(verdict["threshold"] - verdict["after"], abs=2e-4)
+        else:
+            assert protected == (verdict["after"] >= verdict["threshold"])
+            assert verdict["margin"] == pytest.approx(verdict["after"] - verdict["threshold"], abs=2e-4)
+    assert verdicts["dlib_native"]["metric"] == "euclidean"
     assert record["thresholds"]["dlib_native"]["source"].startswith("calibrated")
+    assert record["thresholds"]["dlib_native"]["metric"] == "euclidean"
 
 
 def test_rerun_resumes_without_redoing_and_refuses_a_changed_config(job: dict, capsys) -> None:

@@ -9,13 +9,9 @@ import pytest
 
 from facecloak.errors import ConfigError
 from facecloak.evaluation.psr import (
-    FAR_LEVELS,
     PAPER_MODELS,
     FaceEmbedding,
     ModelEmbeddings,
-    ThresholdTable,
-    build_threshold_table,
-    far_key,
     leave_one_out,
     max_similarity_to_gallery,
     protection_success,
@@ -23,6 +19,7 @@ from facecloak.evaluation.psr import (
     success_counts,
 )
 from facecloak.registry.entries import get_entry
+from facecloak.verify.thresholds import FAR_LEVELS, Threshold, ThresholdTable, build_threshold_table, far_key
 
 
 def _unit_at(angle_deg: float, dim: int = 4) -> np.ndarray:
@@ -33,8 +30,6 @@ def _unit_at(angle_deg: float, dim: int = 4) -> np.ndarray:
 
 
 def _table(value: float = 0.5, models=("m",)) -> ThresholdTable:
-    from facecloak.evaluation.psr import Threshold
-
     return ThresholdTable({m: {far_key(f): Threshold(value, "test") for f in FAR_LEVELS} for m in models})
 
 
@@ -160,7 +155,11 @@ def test_calibration_merges_with_published(tmp_path):
     assert calibrated_first.get("irse50", 0.01).source == f"calibrated: {calibration} (AUC 0.990)"
     assert published_first.get("mobilefacenet_casia", 0.001).value == 0.5  # only calibrated: fills the gap
     described = published_first.describe()
-    assert described["mobilefacenet_casia"]["0.1"] == {"value": 0.3, "source": f"calibrated: {calibration} (AUC 0.970)"}
+    assert described["mobilefacenet_casia"]["0.1"] == {
+        "value": 0.3,
+        "source": f"calibrated: {calibration} (AUC 0.970)",
+        "metric": "cosine",
+    }
 
 
 def test_bad_calibration_files(tmp_path):
@@ -174,3 +173,25 @@ def test_bad_calibration_files(tmp_path):
     no_thresholds.write_text(json.dumps({"irse50": {"auc": 0.9}}))
     with pytest.raises(ConfigError, match="'thresholds'"):
         ThresholdTable.from_calibration(no_thresholds)
+
+
+def test_a_threshold_in_another_metric_is_refused(tmp_path):
+    """A cosine calibration of dlib (the old files) is not read as a distance: recalibrate, says the error."""
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(json.dumps({"dlib_native": {"auc": 0.99, "thresholds": {"0.01": 0.9}}}))
+    table = build_threshold_table(["dlib_native"], calibration)
+    with pytest.raises(ConfigError, match="recalibrate"):
+        table.get("dlib_native", 0.01, get_entry("dlib_native").metric)
+    with pytest.raises(ConfigError, match="fr.threshold_source"):
+        build_threshold_table(["dlib_native"], calibration, prefer="newest")  # type: ignore[arg-type]
+
+
+def test_dodging_by_distance_uses_the_distance_rule():
+    """dlib's PSR: a protected face succeeds when its distance to the original is at or above the threshold."""
+    original = [FaceEmbedding("a", np.zeros(4)), FaceEmbedding("b", np.zeros(4))]
+    protected = [FaceEmbedding("a", np.array([0.5, 0, 0, 0])), FaceEmbedding("b", np.array([0.7, 0, 0, 0]))]
+    data = ModelEmbeddings(protected, originals=original, metric="euclidean")
+    assert similarities_to_original(protected, original, "euclidean") == pytest.approx([0.5, 0.7])
+    table = ThresholdTable({"m": {"0.01": Threshold(0.6, "test", "euclidean")}})
+    [row] = protection_success({"m": data}, table, ["dodging_original"], far_levels=[0.01])
+    assert (row.successes, row.total) == (1, 2)  # 0.7 >= 0.6 protected; 0.5 < 0.6 still matches

@@ -56,7 +56,7 @@ def test_loss_curves_per_stage_and_term(logged_job: dict) -> None:
 
 def test_per_photo_metrics_and_resolved_config(logged_job: dict) -> None:
     run = logged_job["run"]
-    assert run.curve("photo/seconds") and run.curve("photo/face0/dlib_native/passes")
+    assert run.curve("photo/seconds") and run.curve("photo/face0/dlib_native/protected")
     assert run.config["search"]["lambda_adv"] == pytest.approx(0.7)
     assert run.config["generator"]["size"] == 64  # the tiny override, i.e. the resolved config
 

@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from facecloak.config.compose import compose
 from facecloak.errors import FacecloakError
@@ -81,12 +80,14 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_embed(args: argparse.Namespace, overrides: list[str]) -> int:
-    """Embed every face and print, per model, the cosine similarity between all faces found."""
+    """Embed every face and print, per model, how alike all faces found are, in the model's own metric."""
     from facecloak.models.fr.zoo import load_fr_model
+    from facecloak.verify.judge import FaceJudge
+    from facecloak.verify.metrics import compare_rows
 
     config = compose(overrides)
-    detector = detector_from_config(config.faces, config.device)
     models = [load_fr_model(name, config.device) for name in args.models]
+    judge = FaceJudge(models, detector_from_config(config.faces, config.device), config.faces, config.device)
     names: list[str] = []
     embeddings: dict[str, list[np.ndarray]] = {m.name: [] for m in models}
     for path in args.photos:
@@ -95,25 +96,28 @@ def run_embed(args: argparse.Namespace, overrides: list[str]) -> int:
         except FacecloakError as err:
             print(f"{path}: skipped: {err}")
             continue
-        faces = detect_with_config(photo.rgb, detector, config.faces)
+        faces = judge.detect(photo.rgb)
         if not faces:
             print(f"{path}: skipped: no face detected")
         for index, face in enumerate(faces):
             names.append(f"{path.name}#{index}")
-            for model in models:
-                crop = torch.from_numpy(crop_for_template(photo.rgb, face, model.template)).permute(2, 0, 1)
-                with torch.no_grad():
-                    embeddings[model.name].append(model(crop[None].float().div(255)).cpu().numpy()[0])
+            for name, vector in judge.embed(photo.rgb, face).items():
+                embeddings[name].append(vector)
     if not names:
         raise FacecloakError("no face found in any of the photos")
     result: dict = {"faces": names, "models": {}}
     for model in models:
         matrix = np.stack(embeddings[model.name])
-        sims = matrix @ matrix.T
-        result["models"][model.name] = {"similarity": sims.round(4).tolist()}
-        print(f"\n{model.name}: cosine similarity")
+        metric = model.entry.metric
+        values = compare_rows(matrix, matrix, metric)  # type: ignore[arg-type]
+        result["models"][model.name] = {
+            "metric": metric,
+            "values": values.round(4).tolist(),
+            "similarity": compare_rows(matrix, matrix, "cosine").round(4).tolist(),
+        }
+        print(f"\n{model.name}: {'Euclidean distance' if metric == 'euclidean' else 'cosine similarity'}")
         print("".ljust(24) + "".join(n[:12].rjust(13) for n in names))
-        for name, row in zip(names, sims):
+        for name, row in zip(names, values):
             print(name[:24].ljust(24) + "".join(f"{v:13.3f}" for v in row))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

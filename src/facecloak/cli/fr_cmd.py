@@ -24,7 +24,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config = compose(overrides)
     models = args.models or fr_model_names(available_only=True)
-    report = calibrate(args.faces, models, config)
+    report = calibrate(args.faces, models, config.faces, config.fr.far_levels, config.device)
     json_path, md_path = write_report(report, args.out)
     print(markdown_table(report), end="")
     print(f"wrote {json_path} and {md_path}")

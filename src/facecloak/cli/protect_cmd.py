@@ -65,6 +65,7 @@ def default_preset(method: str) -> str:
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
     """Build the configuration from preset, options and overrides; run the job; print the summary."""
     from facecloak.protect.runner import run_protect_job
+    from facecloak.protect.verdict_table import format_verdict_table
 
     extra = [f"preset={args.preset or default_preset(args.method or 'clip2protect')}"]
     if args.method:
@@ -81,10 +82,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
             f"--expression is a MAP option; protect.method is '{config.protect.method}' (add --method map)"
         )
     summary = run_protect_job(expand_photos(args.photos), args.out, config, restart=args.restart)
+    print(format_verdict_table(summary["verdicts"]))
     print(json.dumps(summary["counts"]))
     for image_id, error in summary["failed"].items():
         print(f"failed: {summary['photos'][image_id]}: {error}")
-    if not summary["complete"]:
+    if not summary["all_photos_processed"]:
         print(f"incomplete: {len(summary['incomplete'])} photo(s) unfinished; rerun the same command to resume")
         return 2
     return 0 if summary["counts"].get("done", 0) else 1

@@ -40,6 +40,8 @@ class FRConfig:
     far_levels: list[float] = field(default_factory=lambda: list(DEFAULT_FAR_LEVELS))
     # Thresholds calibrated with `facecloak fr calibrate` (JSON); published ones come from the registry.
     calibration: str | None = None
+    # Which wins where a model has both (protect, evaluate and sweep all judge by it): calibrated | published.
+    threshold_source: str = "calibrated"
 
     def __post_init__(self) -> None:
         from facecloak.registry.entries import get_entry
@@ -58,6 +60,11 @@ class FRConfig:
         overlap = set(self.attacked) & set(self.held_out)
         require(not overlap, "fr.held_out", f"{sorted(overlap)} cannot be attacked and held out at once")
         require(all(0 < f < 1 for f in self.far_levels), "fr.far_levels", "false-accept rates must be in (0, 1)")
+        require(
+            self.threshold_source in ("calibrated", "published"),
+            "fr.threshold_source",
+            "must be 'calibrated' or 'published'",
+        )
 
 
 METHODS = ("clip2protect", "map")
@@ -204,6 +211,8 @@ class AppConfig:
 
     seed: int = 0
     device: str = "cpu"
+    # Set by `scale=smoke`: a run that checks the code path at a tiny size; its verdicts are not results.
+    smoke: bool = False
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
     fr: FRConfig = field(default_factory=FRConfig)

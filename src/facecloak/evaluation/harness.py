@@ -11,10 +11,13 @@ Protocol (dodging):
    explicit image ids (:func:`facecloak.evaluation.protocol.load_labelled_folder`).
 2. Each method protects every probe; its photos are written as PNG to ``out/<method>/<image_id>.png`` (the
    originals to ``out/original/``).
-3. Each protected photo is judged by every model in ``fr.attacked + fr.held_out``: the face is re-detected on the
-   saved pixels and matched to the original box by IoU (a miss is judged at the original box and counted). PSR per
-   model × FAR (:func:`facecloak.evaluation.psr.protection_success`) against the gallery (no other photo of the
-   same person matches) and against the photo's own original; again after each robustness transform.
+3. Each protected photo is judged by every model in ``fr.attacked + fr.held_out`` with protect's own judge
+   (:mod:`facecloak.verify.judge`): the face is re-detected on the saved pixels and matched to the original box by
+   the judge's same-face rule. Each photo gets protect's verdicts (against its original at ``protect.far``; a
+   re-detection miss is the verdict ``no_face_found``, never a pass). PSR per model × FAR
+   (:func:`facecloak.evaluation.psr.protection_success`) against the gallery (no other photo of the same person
+   matches) and against the photo's own original, again after each robustness transform; PSR measures a missed
+   face at its original box (what a system with a better detector would see) and the misses are counted apart.
 4. Identification rank-1 / rank-5 of every protected photo per model against the gallery (the person's other
    photos plus every other person's as distractors, :mod:`facecloak.evaluation.identification`), again after each
    robustness transform.
@@ -31,9 +34,9 @@ import logging
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -44,25 +47,26 @@ from facecloak.config.schema import AppConfig
 from facecloak.errors import ConfigError, FacecloakError
 from facecloak.evaluation.cost import CostLog, memory_source, summarise_costs
 from facecloak.evaluation.identification import RANKS, gallery_ranks, identification_summary
+from facecloak.evaluation.probes import Probe, Protected
 from facecloak.evaluation.protocol import ProtocolItem, load_labelled_folder
 from facecloak.evaluation.psr import (
     FaceEmbedding,
     ModelEmbeddings,
     Task,
-    ThresholdTable,
-    build_threshold_table,
-    far_key,
     max_similarity_to_gallery,
     protection_success,
     similarities_to_original,
 )
 from facecloak.evaluation.quality import DEFAULT_METRICS, measure_photo_set, measure_quality
 from facecloak.evaluation.robustness import DEFAULT_TRANSFORMS, apply_transform
-from facecloak.faces.crops import box_iou, crop_for_template, detect_with_config, detector_from_config
-from facecloak.faces.detect import Face, FaceDetector
+from facecloak.faces.crops import detector_from_config
+from facecloak.faces.detect import Face
 from facecloak.io.images import load_photo, save_png
 from facecloak.losses.identity import AdversarialIdentityLoss
-from facecloak.models.fr.zoo import FaceEmbedder, load_fr_model
+from facecloak.models.fr.zoo import load_fr_model
+from facecloak.verify.judge import FaceJudge, Role, count_outcomes, face_outcome
+from facecloak.verify.metrics import Metric
+from facecloak.verify.thresholds import Threshold, ThresholdTable, build_threshold_table, far_key
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +84,6 @@ SET_QUALITY_METRICS = ("fid", "kid")
 """Set-level quality (one value per method and region); unavailable, with the fetch command, without the weights."""
 MIN_PHOTOS_PER_PERSON = 2
 """A probe needs at least one other photo of the same person for gallery dodging to be defined."""
-SAME_FACE_MIN_IOU = 0.3
-"""A re-detected face is the protected one when its box overlaps the original's at least this much (else a miss);
-the same rule the protect pipeline's own judge uses."""
 
 
 @dataclass(frozen=True)
@@ -107,65 +108,11 @@ class EvaluationSettings:
 
 
 @dataclass
-class Probe:
-    """A photo to protect: its explicit id, person, source, pixels and detected face."""
-
-    item: ProtocolItem
-    rgb: np.ndarray
-    face: Face
-
-    @property
-    def image_id(self) -> str:
-        """The folder's explicit id of the photo."""
-        return self.item.image_id
-
-
-@dataclass
-class Protected:
-    """One method's output for one probe (``rgb`` None when the method failed on it) and what it cost per stage."""
-
-    rgb: np.ndarray | None
-    seconds: float
-    error: str | None = None
-    cost: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-@dataclass
 class Gallery:
     """Clean embeddings of every usable labelled photo, per model, and the photos that could not be used."""
 
-    embeddings: dict[str, list[FaceEmbedding]] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)
-
-
-class FaceJudge:
-    """Every judged FR model behind one detector: finds a face again after an edit and embeds it per model."""
-
-    def __init__(self, models: Sequence[FaceEmbedder], detector: FaceDetector, config: AppConfig) -> None:
-        self.models = list(models)
-        self.detector = detector
-        self.faces_config = config.faces
-        self.device = torch.device(config.device)
-
-    def detect(self, rgb: np.ndarray) -> list[Face]:
-        """Faces of a photo, largest first, as the run's configuration detects them."""
-        return detect_with_config(rgb, self.detector, self.faces_config)
-
-    def locate(self, rgb: np.ndarray, original: Face) -> tuple[Face, bool]:
-        """The face of ``rgb`` that overlaps ``original`` most; the original box itself (and True) on a miss."""
-        scored = [(box_iou(f.box, original.box), f) for f in self.detect(rgb)]
-        overlap, face = max(scored, key=lambda s: s[0], default=(0.0, original))
-        missed = overlap < SAME_FACE_MIN_IOU
-        return (original if missed else face), missed
-
-    @torch.no_grad()
-    def embed(self, rgb: np.ndarray, face: Face) -> dict[str, np.ndarray]:
-        """Unit embeddings of one face by every model, each from its own template's crop."""
-        out = {}
-        for model in self.models:
-            crop = torch.from_numpy(crop_for_template(rgb, face, model.template)).permute(2, 0, 1)[None]
-            out[model.name] = model(crop.float().div(255.0).to(self.device))[0].cpu().numpy()
-        return out
+    embeddings: dict[str, list[FaceEmbedding]]
+    failures: dict[str, str]
 
 
 # ---------------------------------------------------------------- probes and gallery
@@ -193,7 +140,7 @@ def load_probes_and_gallery(
 ) -> tuple[list[Probe], Gallery]:
     """Detect and embed every labelled photo once; keep the probes' pixels and faces for the methods."""
     wanted = {item.image_id for item in select_probe_items(items, n_photos)}
-    gallery = Gallery({model.name: [] for model in judge.models})
+    gallery = Gallery({model.name: [] for model in judge.models}, {})
     probes: list[Probe] = []
     for item in items:
         try:
@@ -279,6 +226,21 @@ def method_runner(name: str) -> MethodFn:
 # ---------------------------------------------------------------- judging
 
 
+def _metric(judge: FaceJudge, name: str) -> Metric:
+    return cast(Metric, next(m for m in judge.models if m.name == name).entry.metric)
+
+
+def verdict_thresholds(judge: FaceJudge, thresholds: ThresholdTable, far: float) -> dict[str, Threshold]:
+    """Each judged model's threshold at protect's FAR; a model without one gets no per-photo verdict."""
+    out = {}
+    for model in judge.models:
+        try:
+            out[model.name] = thresholds.get(model.name, far, model.entry.metric)
+        except ConfigError as err:
+            log.warning("no per-photo verdict for %s: %s", model.name, err)
+    return out
+
+
 def _rates(
     variant: dict[str, ModelEmbeddings], thresholds: ThresholdTable, far_levels: Sequence[float]
 ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
@@ -358,13 +320,19 @@ def judge_method(
     thresholds: ThresholdTable,
     settings: EvaluationSettings,
     far_levels: Sequence[float],
+    verdict_far: float,
 ) -> dict[str, Any]:
-    """Everything measured of one method: PSR, identification, per-photo similarities and ranks, quality, cost.
+    """Everything measured of one method: verdicts, PSR, identification, per-photo values and ranks, quality, cost.
 
-    PSR per robustness variant × task × model × FAR; identification rank-k per variant × model.
+    Per photo, protect's verdicts at ``verdict_far``; PSR per robustness variant × task × model × FAR;
+    identification rank-k per variant × model.
     """
     judged = [p for p in probes if protected[p.image_id].rgb is not None]
     originals = {p.image_id: judge.embed(p.rgb, p.face) for p in judged}
+    at_far = verdict_thresholds(judge, thresholds, verdict_far)
+    verdict_judge = FaceJudge(
+        [m for m in judge.models if m.name in at_far], judge.detector, judge.faces_config, judge.device, judge.roles
+    )
     photos: dict[str, dict[str, Any]] = {}
     psr: dict[str, Any] = {}
     identification: dict[str, dict[str, dict[str, Any]]] = {}
@@ -374,16 +342,22 @@ def judge_method(
             rgb = protected[probe.image_id].rgb
             assert rgb is not None
             rgb = rgb if variant == NO_TRANSFORM else apply_transform(variant, rgb)
-            face, missed = judge.locate(rgb, probe.face)
-            for name, vector in judge.embed(rgb, face).items():
+            found = judge.locate(rgb, probe.face)
+            after = judge.embed(rgb, found or probe.face)  # PSR: a missed face at its original box
+            for name, vector in after.items():
                 embeddings[name].append(FaceEmbedding(probe.image_id, vector, probe.item.identity))
             entry = photos.setdefault(probe.image_id, {"redetect_miss": {}, "similarity": {}, "identity_rank": {}})
-            entry["redetect_miss"][variant] = missed
+            entry["redetect_miss"][variant] = found is None
+            if variant == NO_TRANSFORM:
+                original = originals[probe.image_id]
+                verdicts = verdict_judge.verdicts(original, original, after if found else None, at_far)
+                entry["verdicts"] = {name: v.to_record() for name, v in verdicts.items()}
         data = {
             name: ModelEmbeddings(
                 protected=faces,
                 originals=[FaceEmbedding(i, o[name], None) for i, o in originals.items()],
                 gallery=gallery.embeddings[name],
+                metric=_metric(judge, name),
             )
             for name, faces in embeddings.items()
         }
@@ -391,14 +365,18 @@ def judge_method(
             psr[variant] = _rates(data, thresholds, far_levels)
             identification[variant] = {}
             for name, model_data in data.items():
-                ranks = gallery_ranks(model_data.protected, model_data.gallery)
+                ranks = gallery_ranks(model_data.protected, model_data.gallery, model_data.metric)
                 identification[variant][name] = identification_summary(ranks)
                 for probe, rank in zip(judged, ranks):
                     ranks_of = photos[probe.image_id]["identity_rank"].setdefault(variant, {})
                     ranks_of[name] = None if math.isnan(rank) else int(rank)
                 sims = {
-                    "dodging_gallery": max_similarity_to_gallery(model_data.protected, model_data.gallery),
-                    "dodging_original": similarities_to_original(model_data.protected, model_data.originals),
+                    "dodging_gallery": max_similarity_to_gallery(
+                        model_data.protected, model_data.gallery, model_data.metric
+                    ),
+                    "dodging_original": similarities_to_original(
+                        model_data.protected, model_data.originals, model_data.metric
+                    ),
                 }
                 for index, probe in enumerate(judged):
                     per_task = photos[probe.image_id]["similarity"].setdefault(variant, {})
@@ -425,6 +403,10 @@ def judge_method(
     ok = [row for row in rows if "error" not in row]
     return {
         "n": len(ok),
+        "verdicts": count_outcomes(face_outcome(row["verdicts"].values()) for row in ok if row.get("verdicts")),
+        "no_face_found": {
+            variant: sum(bool(row["redetect_miss"].get(variant)) for row in ok) for variant in psr or (NO_TRANSFORM,)
+        },
         "failures": {row["image_id"]: row["error"] for row in rows if "error" in row},
         "seconds_per_photo": float(statistics.fmean(r["seconds"] for r in ok)) if ok else float("nan"),
         "cost": summarise_costs([row["cost"] for row in ok]),
@@ -453,10 +435,20 @@ def evaluate(faces_dir: Path, out_dir: Path, config: AppConfig, settings: Evalua
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset = load_labelled_folder(faces_dir)
     models = judged_models(config)
-    thresholds = build_threshold_table(models, resolve_data_path(config.fr.calibration))
+    thresholds = build_threshold_table(
+        models, resolve_data_path(config.fr.calibration), prefer=cast(Any, config.fr.threshold_source)
+    )
     far_levels = list(config.fr.far_levels)
+    roles: dict[str, Role] = {
+        **{m: "attacked" for m in config.fr.attacked},
+        **{m: "held_out" for m in config.fr.held_out},
+    }
     judge = FaceJudge(
-        [load_fr_model(m, config.device) for m in models], detector_from_config(config.faces, config.device), config
+        [load_fr_model(m, config.device) for m in models],
+        detector_from_config(config.faces, config.device),
+        config.faces,
+        config.device,
+        roles,
     )
     probes, gallery = load_probes_and_gallery(list(dataset), settings.n_photos, judge, config)
     log.info("%d probes, %d gallery photos", len(probes), len(gallery.embeddings[models[0]]))
@@ -469,10 +461,15 @@ def evaluate(faces_dir: Path, out_dir: Path, config: AppConfig, settings: Evalua
         for image_id, result in protected.items():
             if result.rgb is not None:
                 save_png(_mkparent(photo_path(out_dir, method, image_id)), result.rgb)
-        methods[method] = judge_method(probes, protected, gallery, judge, thresholds, settings, far_levels)
-    return {
+        methods[method] = judge_method(
+            probes, protected, gallery, judge, thresholds, settings, far_levels, config.protect.far
+        )
+    report: dict[str, Any] = {
         "settings": {**asdict(settings), "faces_dir": str(faces_dir), "device": config.device},
         "models": {"attacked": list(config.fr.attacked), "held_out": list(config.fr.held_out)},
+        "metrics": {m.name: m.entry.metric for m in judge.models},
+        "verdict_far": far_key(config.protect.far),
+        "threshold_source": config.fr.threshold_source,
         "far_levels": [far_key(f) for f in far_levels],
         "identification_ranks": list(RANKS),
         "cost_memory": _memory_sources(methods, config.device),
@@ -481,6 +478,9 @@ def evaluate(faces_dir: Path, out_dir: Path, config: AppConfig, settings: Evalua
         "gallery": {"n": len(gallery.embeddings[models[0]]), "failures": gallery.failures},
         "methods": methods,
     }
+    if config.smoke:
+        report["not_results"] = "scale=smoke run: it checks the code path at a tiny size; these numbers are NOT results"
+    return report
 
 
 def _memory_sources(methods: dict[str, Any], device: str) -> str:

@@ -15,17 +15,15 @@ import numpy as np
 
 from facecloak.errors import ConfigError
 from facecloak.evaluation.psr import FaceEmbedding
-from facecloak.verify.metrics import identification_rate, identity_ranks
+from facecloak.verify.metrics import Metric, alikeness, compare_rows, identification_rate, identity_ranks
 
 RANKS = (1, 5)
 """The ranks the papers' identification tables report."""
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
-
-
-def gallery_ranks(protected: Sequence[FaceEmbedding], gallery: Sequence[FaceEmbedding]) -> np.ndarray:
+def gallery_ranks(
+    protected: Sequence[FaceEmbedding], gallery: Sequence[FaceEmbedding], metric: Metric = "cosine"
+) -> np.ndarray:
     """Rank of each protected face's own identity in the gallery (its own original left out); NaN when undefined."""
     if any(face.identity is None for face in (*protected, *gallery)):
         raise ConfigError("identification needs the identity of every protected and gallery photo (labels.csv)")
@@ -33,10 +31,9 @@ def gallery_ranks(protected: Sequence[FaceEmbedding], gallery: Sequence[FaceEmbe
         return np.empty(0)
     if not gallery:
         return np.full(len(protected), np.nan)
-    probes = _unit(np.stack([p.vector for p in protected]).astype(np.float64))
-    photos = _unit(np.stack([g.vector for g in gallery]).astype(np.float64))
+    values = compare_rows(np.stack([p.vector for p in protected]), np.stack([g.vector for g in gallery]), metric)
     own_photo = np.array([[g.image_id == p.image_id for g in gallery] for p in protected])
-    sims = np.where(own_photo, -np.inf, probes @ photos.T)
+    sims = np.where(own_photo, -np.inf, alikeness(values, metric))
     return identity_ranks(sims, [str(p.identity) for p in protected], [str(g.identity) for g in gallery])
 
 

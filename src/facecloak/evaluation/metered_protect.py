@@ -3,17 +3,18 @@
 Why not ``run_protect_job``: the job runner measures only whole photos, and the cost table needs CLIP2Protect's stage
 1 (inversion plus pivot tuning) and stage 2 (the adversarial latent search) apart, because they scale differently
 (stage 1 with the generator, stage 2 with the FR ensemble). The protector is the job's own (``build_protector``, so
-``protect.method`` is honoured), writing the same photos and per-photo records; a :class:`StageMeter` measures its
-stage methods where it has them (``STAGE_HOOKS``); a method without them (MAP) is measured per photo. Photos are
-protected one by one, and a photo that fails is reported and skipped exactly as the job runner does.
+``protect.method`` is honoured), writing the same photos and per-photo records; a :class:`StageMeter` is its
+``measure_stage`` hook, so it times the stages the method reports; a method that reports none (MAP) is measured per
+photo. Photos are protected one by one, and a photo that fails is reported and skipped exactly as the job runner
+does.
 
 Imported only when ``protect`` is evaluated: it brings the generator and its trainer.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -22,39 +23,30 @@ import torch
 from facecloak.config.schema import AppConfig
 from facecloak.errors import FacecloakError
 from facecloak.evaluation.cost import CostLog
-from facecloak.evaluation.harness import Probe, Protected
+from facecloak.evaluation.probes import Probe, Protected
 from facecloak.io.images import load_photo
+from facecloak.protect import pipeline
 from facecloak.protect.methods import build_protector
-from facecloak.protect.pipeline import image_id_for
+from facecloak.protect.pipeline import PhotoJob, image_id_for
 from facecloak.protect.runner import STAGE_DIR_NAME
 
 PROTECT_STAGE = "protect"
 """The whole photo as a user runs it: detection, every face's protection, paste-back, outputs and judging."""
-STAGE1 = "protect/stage1_invert_tune"
-STAGE2 = "protect/stage2_search"
-STAGE_HOOKS = {"invert_and_tune": STAGE1, "search": STAGE2}
-"""Protector methods measured as stages where the protector has them: CLIP2Protect's two stages, per face."""
+STAGE1 = f"{PROTECT_STAGE}/{pipeline.STAGE1}"
+STAGE2 = f"{PROTECT_STAGE}/{pipeline.STAGE2}"
 
 
 class StageMeter:
-    """Measures a protector's stage methods into the cost log of the photo being protected (``costs``)."""
+    """Times the stages a protector reports (its ``measure_stage`` hook) into the current photo's ``costs``."""
 
-    def __init__(self, protector: object, device: torch.device) -> None:
+    def __init__(self, protector: PhotoJob, device: torch.device) -> None:
         self.costs = CostLog()
         self.device = device
-        for hook, stage in STAGE_HOOKS.items():
-            run = getattr(protector, hook, None)
-            if callable(run):
-                # An instance attribute shadows the method, so the protector's own calls go through the meter.
-                setattr(protector, hook, self._metered(run, stage))
+        protector.measure_stage = self.stage
 
-    def _metered(self, run: Callable[..., Any], stage: str) -> Callable[..., Any]:
-        @functools.wraps(run)
-        def metered(*args: Any, **kwargs: Any) -> Any:
-            with self.costs.stage(stage, self.device):
-                return run(*args, **kwargs)
-
-        return metered
+    def stage(self, name: str) -> AbstractContextManager[Any]:
+        """One measured stage of the photo being protected."""
+        return self.costs.stage(f"{PROTECT_STAGE}/{name}", self.device)
 
 
 def protect_probes(probes: Sequence[Probe], config: AppConfig, out: Path) -> dict[str, Protected]:

@@ -34,27 +34,24 @@ their ids are the relative paths without the suffix (``angelina_jolie/img1``).
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from facecloak.errors import FacecloakError
+from facecloak.verify.labelled import LayoutError, layout_error, read_labels
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CELEBA_HQ_DIR = "CelebA-HQ"
 CELEBA_HQ_TEST_SIZE = 1000  # the CelebA-HQ test list of AMT-GAN / CLIP2Protect
 LADN_DIRS = ("LADN/before", "LADN")  # first existing one wins
 TARGET_DIR, TARGET_EVAL_DIR = "target", "test"
-LABELS_FILE = "labels.csv"
-LABEL_COLUMNS = ("identity", "path")
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), end exclusive
 
 
-class ProtocolLayoutError(FacecloakError, FileNotFoundError):
-    """A benchmark folder or file is missing or malformed; the message shows the expected layout."""
+ProtocolLayoutError = LayoutError
+"""A benchmark folder or file is missing or malformed; the message shows the expected layout."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +126,8 @@ class TargetIdentity:
 # ---------------------------------------------------------------- helpers
 
 
-def _layout_error(problem: str, layout: str) -> ProtocolLayoutError:
-    return ProtocolLayoutError(f"{problem}\nExpected layout:\n{layout}")
+def _layout_error(problem: str, layout: str) -> LayoutError:
+    return layout_error(problem, layout)
 
 
 _AMTGAN_LAYOUT = """  assets/datasets/CelebA-HQ/*.jpg            (1000 CelebA-HQ test faces)
@@ -138,9 +135,6 @@ _AMTGAN_LAYOUT = """  assets/datasets/CelebA-HQ/*.jpg            (1000 CelebA-HQ
   assets/datasets/target/005869.jpg 085807.jpg 116481.jpg 169284.jpg
   assets/datasets/test/008793.jpg 047073.jpg 055622.jpg 166607.jpg
 Download AMT-GAN's assets.zip (github.com/CGCL-codes/AMT-GAN, 'Download assets') and unzip it."""
-
-_LABELLED_LAYOUT = """  <root>/labels.csv      with header 'identity,path' (path relative to <root>)
-  <root>/<person>/<photo>.jpg"""
 
 
 def datasets_dir(root: str | os.PathLike[str]) -> Path:
@@ -215,29 +209,7 @@ def load_targets(root: str | os.PathLike[str], choices: tuple[str, ...] | None =
 
 
 def load_labelled_folder(root: str | os.PathLike[str], name: str = "labelled") -> ProtocolDataset:
-    """Photos listed in ``labels.csv`` (``identity,path``), ids from their relative paths."""
-    root = Path(root).expanduser()
-    labels = root / LABELS_FILE
-    if not labels.is_file():
-        raise _layout_error(f"{labels} not found", _LABELLED_LAYOUT)
-    with labels.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not set(LABEL_COLUMNS) <= set(reader.fieldnames):
-            raise _layout_error(f"{labels}: header must contain {','.join(LABEL_COLUMNS)}", _LABELLED_LAYOUT)
-        rows = list(reader)
-    items, seen = [], set()
-    for line, row in enumerate(rows, start=2):
-        identity, relative = (row["identity"] or "").strip(), (row["path"] or "").strip()
-        if not identity or not relative:
-            raise _layout_error(f"{labels}:{line}: empty identity or path", _LABELLED_LAYOUT)
-        path = root / relative
-        if not path.is_file():
-            raise _layout_error(f"{labels}:{line}: photo {path} does not exist", _LABELLED_LAYOUT)
-        image_id = Path(relative).with_suffix("").as_posix()
-        if image_id in seen:
-            raise _layout_error(f"{labels}:{line}: image id '{image_id}' listed twice", _LABELLED_LAYOUT)
-        seen.add(image_id)
-        items.append(ProtocolItem(image_id, path, identity, name))
-    if not items:
-        raise _layout_error(f"{labels} lists no photos", _LABELLED_LAYOUT)
-    return ProtocolDataset(name, root, tuple(items))
+    """Photos listed in ``labels.csv`` (``identity,path``), ids by :func:`facecloak.verify.labelled.read_labels`."""
+    photos = read_labels(root)
+    items = tuple(ProtocolItem(p.image_id, p.path, p.identity, name) for p in photos)
+    return ProtocolDataset(name, Path(root).expanduser(), items)

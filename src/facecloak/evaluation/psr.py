@@ -1,7 +1,8 @@
 """Protection success rate (PSR): how often a protected face defeats a face-recognition model at a given FAR.
 
-Convention (``facecloak.verify.metrics``): two faces *match* when their cosine similarity is strictly greater
-than the model's threshold at false-accept rate ``f``. For each evaluated model × FAR level:
+Convention (``facecloak.verify.metrics``): two faces *match* when their similarity is strictly greater than the
+model's threshold at false-accept rate ``f`` (for a model compared by distance, dlib's, when their distance is
+strictly smaller). Values are in each model's own metric. For each evaluated model × FAR level:
 
 - **Dodging vs the original** (``"original"``): a protected face succeeds when it does NOT match the unprotected
   photo it was made from, ``sim(protected, original) <= threshold``. The easiest test for the attacker.
@@ -14,124 +15,24 @@ than the model's threshold at false-accept rate ``f``. For each evaluated model 
   ``sim(protected, target_eval) > threshold``.
 
 Protected faces are paired with originals and gallery photos by their explicit ``image_id``, never by order.
-Thresholds come from a ``ThresholdTable``: published values from the weights registry (the AMT-GAN numbers the
-papers use) and/or a calibration JSON written by ``facecloak fr calibrate``; each number says where it came from.
+Thresholds come from :mod:`facecloak.verify.thresholds` (published and calibrated, by ``fr.threshold_source``).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from facecloak.errors import ConfigError
-from facecloak.registry.entries import get_entry
+from facecloak.verify.metrics import Metric, alikeness, compare_rows, matches
+from facecloak.verify.thresholds import FAR_LEVELS, ThresholdTable, far_key
 
-FAR_LEVELS = (0.1, 0.01, 0.001)  # the three levels of the AMT-GAN / CLIP2Protect tables
 PAPER_MODELS = ("ir152", "irse50", "facenet", "mobile_face")  # the four FR models of the AMT-GAN assets
 DodgingReference = Literal["original", "gallery"]
 Task = Literal["dodging_original", "dodging_gallery", "impersonation"]
-
-
-def far_key(far: float | str) -> str:
-    """Canonical text of a FAR level (``0.01`` -> ``"0.01"``), the key used by the registry and calibration files."""
-    return format(float(far), "g")
-
-
-# ---------------------------------------------------------------- thresholds and their provenance
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """One cosine-similarity threshold and where it came from."""
-
-    value: float
-    source: str
-
-
-class ThresholdTable:
-    """Thresholds per model and FAR level, merged from several sources; earlier sources take precedence."""
-
-    def __init__(self, entries: Mapping[str, Mapping[str, Threshold]] | None = None) -> None:
-        self._entries: dict[str, dict[str, Threshold]] = {m: dict(t) for m, t in (entries or {}).items()}
-
-    @classmethod
-    def from_registry(cls, models: Sequence[str]) -> ThresholdTable:
-        """Published thresholds of registry models (those without any are simply absent from the table)."""
-        entries: dict[str, dict[str, Threshold]] = {}
-        for model in models:
-            published = get_entry(model).thresholds
-            if published is not None:
-                source = f"published: {published.source}"
-                entries[model] = {far_key(f): Threshold(float(v), source) for f, v in published.far.items()}
-        return cls(entries)
-
-    @classmethod
-    def from_calibration(cls, path: str | os.PathLike[str]) -> ThresholdTable:
-        """Thresholds measured by ``facecloak fr calibrate`` (``{model: {"auc": .., "thresholds": {far: t}}}``)."""
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError as err:
-            raise ConfigError(f"calibration file {path} not found; write it with: facecloak fr calibrate") from err
-        except json.JSONDecodeError as err:
-            raise ConfigError(
-                f"calibration file {path} is not valid JSON ({err}); re-run: facecloak fr calibrate"
-            ) from err
-        entries: dict[str, dict[str, Threshold]] = {}
-        for model, report in raw.items():
-            if model.startswith("_"):
-                continue  # metadata of the run (faces folder, failures), not a model
-            if not isinstance(report, dict) or not isinstance(report.get("thresholds"), dict):
-                raise ConfigError(f"calibration file {path}: model '{model}' has no 'thresholds' mapping")
-            auc = report.get("auc")
-            source = f"calibrated: {path}" + (f" (AUC {auc:.3f})" if isinstance(auc, (int, float)) else "")
-            entries[model] = {far_key(f): Threshold(float(v), source) for f, v in report["thresholds"].items()}
-        return cls(entries)
-
-    def merged(self, *others: ThresholdTable) -> ThresholdTable:
-        """A new table: this one with gaps filled from ``others`` in order (this one wins where both have a value)."""
-        entries: dict[str, dict[str, Threshold]] = {}
-        for table in reversed((self, *others)):
-            for model, levels in table._entries.items():
-                entries.setdefault(model, {}).update(levels)
-        return ThresholdTable(entries)
-
-    def get(self, model: str, far: float | str) -> Threshold:
-        """The threshold of a model at a FAR level, or an error saying how to obtain one."""
-        level = self._entries.get(model, {}).get(far_key(far))
-        if level is None:
-            raise ConfigError(
-                f"no threshold for model '{model}' at FAR {far_key(far)}; calibrate it with: facecloak fr calibrate "
-                f"(known: { {m: sorted(t) for m, t in self._entries.items()} })"
-            )
-        return level
-
-    def describe(self) -> dict[str, dict[str, dict[str, float | str]]]:
-        """Plain data for reports: every value with its source."""
-        return {m: {f: asdict(t) for f, t in levels.items()} for m, levels in self._entries.items()}
-
-
-def build_threshold_table(
-    models: Sequence[str],
-    calibration: str | os.PathLike[str] | None = None,
-    prefer: Literal["published", "calibrated"] = "published",
-) -> ThresholdTable:
-    """Published and calibrated thresholds merged; ``prefer`` picks which wins where both exist.
-
-    Published values make results comparable with the papers; calibrated ones are the only option for models
-    the papers did not use.
-    """
-    published = ThresholdTable.from_registry(models)
-    if calibration is None:
-        return published
-    calibrated = ThresholdTable.from_calibration(calibration)
-    return published.merged(calibrated) if prefer == "published" else calibrated.merged(published)
 
 
 # ---------------------------------------------------------------- embeddings and success tests
@@ -146,11 +47,6 @@ class FaceEmbedding:
     identity: str | None = None
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
-
-
 def _by_id(faces: Sequence[FaceEmbedding], what: str) -> dict[str, FaceEmbedding]:
     index: dict[str, FaceEmbedding] = {}
     for face in faces:
@@ -160,36 +56,42 @@ def _by_id(faces: Sequence[FaceEmbedding], what: str) -> dict[str, FaceEmbedding
     return index
 
 
-def similarities_to_original(protected: Sequence[FaceEmbedding], originals: Sequence[FaceEmbedding]) -> np.ndarray:
-    """Cosine similarity of each protected face to its own unprotected photo, paired by image id."""
+def similarities_to_original(
+    protected: Sequence[FaceEmbedding], originals: Sequence[FaceEmbedding], metric: Metric = "cosine"
+) -> np.ndarray:
+    """Similarity (or distance) of each protected face to its own unprotected photo, paired by image id."""
     by_id = _by_id(originals, "originals")
     missing = [p.image_id for p in protected if p.image_id not in by_id]
     if missing:
         raise ConfigError(f"no original photo for protected image ids {missing[:5]} (pairing is by image id)")
-    a = _unit(np.stack([p.vector for p in protected]))
-    b = _unit(np.stack([by_id[p.image_id].vector for p in protected]))
-    return (a * b).sum(axis=1)
+    return np.array([compare_rows(p.vector, by_id[p.image_id].vector, metric)[0, 0] for p in protected])
 
 
-def max_similarity_to_gallery(protected: Sequence[FaceEmbedding], gallery: Sequence[FaceEmbedding]) -> np.ndarray:
-    """Highest similarity of each protected face to the other photos of the same person (NaN when there are none)."""
+def max_similarity_to_gallery(
+    protected: Sequence[FaceEmbedding], gallery: Sequence[FaceEmbedding], metric: Metric = "cosine"
+) -> np.ndarray:
+    """The most alike of the other photos of the same person, per protected face (NaN when there are none)."""
     _by_id(gallery, "gallery")
     if any(p.identity is None for p in protected):
         raise ConfigError("dodging against the gallery needs the identity of every protected face")
-    sims = _unit(np.stack([p.vector for p in protected])) @ _unit(np.stack([g.vector for g in gallery])).T
+    alike = alikeness(
+        compare_rows(np.stack([p.vector for p in protected]), np.stack([g.vector for g in gallery]), metric), metric
+    )
     same_person = np.array(
         [[g.identity == p.identity and g.image_id != p.image_id for g in gallery] for p in protected]
     )
-    best = np.where(same_person, sims, -np.inf).max(axis=1)
-    return np.where(same_person.any(axis=1), best, np.nan)
+    best = np.where(same_person, alike, -np.inf).max(axis=1)
+    return np.where(same_person.any(axis=1), alikeness(best, metric), np.nan)
 
 
-def similarities_to_target(protected: Sequence[FaceEmbedding], target_eval: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each protected face to the target's evaluation photo."""
-    target = _unit(target_eval)
+def similarities_to_target(
+    protected: Sequence[FaceEmbedding], target_eval: np.ndarray, metric: Metric = "cosine"
+) -> np.ndarray:
+    """Similarity (or distance) of each protected face to the target's evaluation photo."""
+    target = np.atleast_2d(target_eval)
     if target.shape[0] != 1:
         raise ConfigError(f"expected one target evaluation embedding, got {target.shape[0]}")
-    return (_unit(np.stack([p.vector for p in protected])) @ target.T)[:, 0]
+    return compare_rows(np.stack([p.vector for p in protected]), target, metric)[:, 0]
 
 
 # ---------------------------------------------------------------- rates per model × FAR
@@ -218,10 +120,12 @@ class SuccessRate:
         return {**asdict(self), "rate": self.rate}
 
 
-def success_counts(similarities: np.ndarray, threshold: float, task: Task) -> tuple[int, int, int]:
-    """(successes, total, undefined) for similarities under the match rule ``sim > threshold``."""
+def success_counts(
+    similarities: np.ndarray, threshold: float, task: Task, metric: Metric = "cosine"
+) -> tuple[int, int, int]:
+    """(successes, total, undefined) under the metric's match rule (similarity above / distance below threshold)."""
     defined = similarities[~np.isnan(similarities)]
-    matched = defined > threshold
+    matched = matches(defined, threshold, metric)
     successes = int(matched.sum()) if task == "impersonation" else int((~matched).sum())
     return successes, len(defined), len(similarities) - len(defined)
 
@@ -234,16 +138,18 @@ class ModelEmbeddings:
     originals: Sequence[FaceEmbedding] = ()
     gallery: Sequence[FaceEmbedding] = ()
     target_eval: np.ndarray | None = None
+    metric: Metric = "cosine"
 
 
-def _task_similarities(task: Task, data: ModelEmbeddings) -> np.ndarray:
+def task_similarities(task: Task, data: ModelEmbeddings) -> np.ndarray:
+    """Per protected face, the value a task's verdict is taken on, in the model's own metric."""
     if task == "dodging_original":
-        return similarities_to_original(data.protected, data.originals)
+        return similarities_to_original(data.protected, data.originals, data.metric)
     if task == "dodging_gallery":
-        return max_similarity_to_gallery(data.protected, data.gallery)
+        return max_similarity_to_gallery(data.protected, data.gallery, data.metric)
     if data.target_eval is None:
         raise ConfigError("impersonation needs the embedding of the target's evaluation photo")
-    return similarities_to_target(data.protected, data.target_eval)
+    return similarities_to_target(data.protected, data.target_eval, data.metric)
 
 
 def protection_success(
@@ -261,10 +167,11 @@ def protection_success(
     rows = []
     for model in evaluated:
         for task in tasks:
-            sims = _task_similarities(task, embeddings[model])
+            data = embeddings[model]
+            sims = task_similarities(task, data)
             for far in far_levels:
-                threshold = thresholds.get(model, far)
-                successes, total, undefined = success_counts(sims, threshold.value, task)
+                threshold = thresholds.get(model, far, data.metric)
+                successes, total, undefined = success_counts(sims, threshold.value, task, data.metric)
                 rows.append(
                     SuccessRate(
                         task, model, far_key(far), threshold.value, threshold.source, successes, total, undefined

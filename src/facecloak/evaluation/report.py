@@ -156,10 +156,20 @@ def cost_table(report: dict[str, Any]) -> str:
 
 def thresholds_table(report: dict[str, Any]) -> str:
     """Every threshold used, with its source (published or calibrated)."""
-    lines = [_row(["model", "FAR", "threshold", "source"]), _row(["---"] * 4)]
+    lines = [_row(["model", "FAR", "threshold", "metric", "source"]), _row(["---"] * 5)]
     for model, levels in report["thresholds"].items():
         for far, threshold in sorted(levels.items(), key=lambda kv: -float(kv[0])):
-            lines.append(_row([model, far, f"{threshold['value']:.4f}", threshold["source"]]))
+            metric = threshold.get("metric", "cosine")
+            lines.append(_row([model, far, f"{threshold['value']:.4f}", metric, threshold["source"]]))
+    return "\n".join(lines)
+
+
+def verdicts_table(report: dict[str, Any]) -> str:
+    """Per method: photos protected from every model, still recognised by one, or whose face was not found again."""
+    lines = [_row(["method", "protected", "still recognised", "no face found"]), _row(["---"] * 4)]
+    for method, result in report["methods"].items():
+        counts = result.get("verdicts", {})
+        lines.append(_row([method, *(str(counts.get(k, 0)) for k in ("protected", "recognised", "no_face_found"))]))
     return "\n".join(lines)
 
 
@@ -174,13 +184,18 @@ def markdown_report(report: dict[str, Any]) -> str:
         method: sum(any(p.get("redetect_miss", {}).values()) for p in result["photos"])
         for method, result in report["methods"].items()
     }
+    smoke = [f"**{report['not_results']}**"] if "not_results" in report else []
     return "\n\n".join(
         [
             "# facecloak evaluate",
+            *smoke,
             f"Dodging on {len(report['probes'])} probes from `{settings['faces_dir']}` (gallery: "
             f"{report['gallery']['n']} photos); pixel baselines at eps {settings['eps_255']:g}/255, "
             f"{settings['steps']} steps, attacking {', '.join(report['models']['attacked'])}. "
-            "PSR in percent; a face is protected when its cosine similarity is at or below the model's threshold.",
+            "PSR in percent; a face is protected when its similarity is at or below the model's threshold (for a "
+            "model compared by distance, dlib's, when its distance is at or above it).",
+            f"## Verdicts per photo (protect's rule: against the photo's original at FAR {report.get('verdict_far')})",
+            verdicts_table(report),
             "## PSR vs the gallery (no other photo of the same person matches)",
             psr_table(report, "dodging_gallery"),
             "## PSR vs the photo's own original",
@@ -202,8 +217,8 @@ def markdown_report(report: dict[str, Any]) -> str:
             cost_table(report),
             "## Thresholds",
             thresholds_table(report),
-            "Re-detection misses (judged at the original box): "
-            + ", ".join(f"{method} {count}" for method, count in misses.items()),
+            "Re-detection misses (PSR measures them at the original box; their per-photo verdict is 'no face "
+            "found', never protected): " + ", ".join(f"{method} {count}" for method, count in misses.items()),
         ]
     )
 
@@ -227,17 +242,18 @@ def plot_psr_vs_threshold(report: dict[str, Any], path: Path) -> Path:
         for method, result in report["methods"].items()
     }
     marks = {far: t["value"] for far, t in report["thresholds"].get(model, {}).items()}
+    distance = report.get("metrics", {}).get(model) == "euclidean"
     values = [v for s in series.values() for v in s] + list(marks.values())
     low, high = (min(values) - PLOT_MARGIN, max(values) + PLOT_MARGIN) if values else (0.0, 1.0)
     grid = np.linspace(low, high, PLOT_POINTS)
     figure, axes = plt.subplots(figsize=(6, 4))
     for method, sims in series.items():
         if len(sims):
-            axes.plot(grid, [(sims <= t).mean() for t in grid], label=method)
+            axes.plot(grid, [((sims >= t) if distance else (sims <= t)).mean() for t in grid], label=method)
     for far, threshold in marks.items():
         axes.axvline(threshold, linestyle="--", color="grey", linewidth=0.8)
         axes.text(threshold, 1.02, f"FAR {far}", rotation=90, fontsize=7, va="bottom", ha="center")
-    axes.set_xlabel(f"{model} threshold (cosine similarity)")
+    axes.set_xlabel(f"{model} threshold ({'Euclidean distance' if distance else 'cosine similarity'})")
     axes.set_ylabel("PSR vs gallery")
     axes.set_ylim(-0.02, 1.15)
     axes.legend(fontsize=8)

@@ -17,6 +17,8 @@ import logging
 import re
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -28,9 +30,8 @@ import torch.nn.functional as F
 from facecloak.config.compose import resolve_data_path
 from facecloak.config.schema import AppConfig, GeneratorSettings
 from facecloak.errors import FacecloakError, NoFaceError
-from facecloak.evaluation.psr import build_threshold_table
 from facecloak.faces.align import AlignedFace, align_ffhq, transform_points
-from facecloak.faces.crops import box_iou, crop_for_template, detect_with_config, detector_from_config
+from facecloak.faces.crops import detect_with_config, detector_from_config
 from facecloak.faces.detect import Face, dlib_landmarks68
 from facecloak.faces.pasteback import paste_back
 from facecloak.faces.regions import face_region_mask
@@ -39,6 +40,8 @@ from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
 from facecloak.models.fr.zoo import FaceEmbedder, load_fr_model
 from facecloak.models.stylegan2 import Generator, GeneratorConfig, load_stylegan2_checkpoint
 from facecloak.registry.store import is_available, resolve_one
+from facecloak.verify.judge import FaceJudge, Role
+from facecloak.verify.thresholds import Threshold, build_threshold_table
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,10 @@ NO_FACE_PRIOR_NOTE = (
     "and paste-back; use the FFHQ checkpoint (facecloak weights fetch stylegan2_ffhq_1024) for the paper's method"
 )
 SIDE_BY_SIDE_HEIGHT = 512
+STAGE1 = "stage1_invert_tune"
+STAGE2 = "stage2_search"
+"""CLIP2Protect's two stages per face, as :attr:`PhotoJob.measure_stage` names them to whoever measures them."""
+SMOKE_NOTE = "scale=smoke: a tiny run that checks the code path; these verdicts are not results"
 
 
 def image_id_for(path: Path) -> str:
@@ -129,6 +136,8 @@ class PhotoJob:
         self.callbacks = list(callbacks or [])
         self.detector = detector_from_config(config.faces, config.device)
         self.notes: list[str] = []  # caveats every record of the job carries (e.g. networks without weights)
+        # Wraps each stage a method runs (STAGE1, STAGE2); evaluate's cost meter replaces it to time them.
+        self.measure_stage: Callable[[str], AbstractContextManager[Any]] = _unmeasured
 
     def faces_of(self, photo: Photo) -> list[Face]:
         """Every face of a photo (up to ``protect.max_faces``), largest first."""
@@ -237,7 +246,8 @@ class PhotoProtector(PhotoJob, ABC):
     attacked: list[FaceEmbedder]
     held_out: list[FaceEmbedder]
     identity: AdversarialIdentityLoss
-    thresholds: dict[str, Any]
+    thresholds: dict[str, Threshold]
+    judge: FaceJudge
     target: dict[str, torch.Tensor] | None
 
     def _load_judges(self) -> None:
@@ -246,10 +256,15 @@ class PhotoProtector(PhotoJob, ABC):
         self.attacked = [load_fr_model(n, config.device) for n in config.fr.attacked]
         self.held_out = [load_fr_model(n, config.device) for n in config.fr.held_out]
         self.identity = AdversarialIdentityLoss(self.attacked, cast(Mode, config.protect.mode))
+        roles: dict[str, Role] = {m.name: "attacked" for m in self.attacked}
+        roles.update({m.name: "held_out" for m in self.held_out})
+        self.judge = FaceJudge(self.all_models, self.detector, config.faces, config.device, roles)
         table = build_threshold_table(
-            config.fr.attacked + config.fr.held_out, resolve_data_path(config.fr.calibration), prefer="calibrated"
+            [m.name for m in self.all_models],
+            resolve_data_path(config.fr.calibration),
+            prefer=cast(Any, config.fr.threshold_source),
         )
-        self.thresholds = {m: table.get(m, config.protect.far) for m in config.fr.attacked + config.fr.held_out}
+        self.thresholds = {m.name: table.get(m.name, config.protect.far, m.entry.metric) for m in self.all_models}
         self.target = self._target_embeddings() if config.protect.mode == "impersonate" else None
 
     def _target_embeddings(self) -> dict[str, torch.Tensor]:
@@ -259,7 +274,7 @@ class PhotoProtector(PhotoJob, ABC):
         if not faces:
             raise NoFaceError(f"no face found in the target photo {self.config.protect.target}")
         embedded = self.embed_target(photo, faces[0])
-        self._target_rgb = {m.name: crop_for_template(photo.rgb, faces[0], m.template) for m in self.all_models}
+        self.target_judged = self.judge.embed(photo.rgb, faces[0])  # the target as the judge sees it
         return embedded
 
     @property
@@ -316,10 +331,12 @@ class PhotoProtector(PhotoJob, ABC):
             "outputs": {k: str(v) for k, v in outputs.items()},
             "seconds": round(time.perf_counter() - started, 2),
             "thresholds": {
-                m: {"far": self.config.protect.far, "value": t.value, "source": t.source}
+                m: {"far": self.config.protect.far, "value": t.value, "source": t.source, "metric": t.metric}
                 for m, t in self.thresholds.items()
             },
         }
+        if self.config.smoke:
+            record["smoke"] = SMOKE_NOTE
         from facecloak.protect.job import write_json_atomic
 
         write_json_atomic(out_dir / f"{image_id}.json", record)
@@ -333,32 +350,13 @@ class PhotoProtector(PhotoJob, ABC):
         return {"photo": photo_path, "before_after": side}
 
     def _judge(self, photo: Photo, protected: np.ndarray, faces: list[Face], records: list[dict]) -> None:
-        """Similarity before/after per model and face, measured on the saved photo, against the user (or target)."""
-        found = detect_with_config(protected, self.detector, self.config.faces)
+        """Every model's verdict per face, measured on the saved photo, against the user (or the target)."""
+        found = self.judge.detect(protected)
+        mode = cast(Mode, self.config.protect.mode)
+        target = getattr(self, "target_judged", None)
         for face, record in zip(faces, records):
-            match = _best_overlap(face, found)
-            verdicts: dict[str, Any] = {}
-            for model in self.all_models:
-                threshold = self.thresholds[model.name].value
-                original = _embed(model, crop_for_template(photo.rgb, face, model.template), self.device)
-                if match is None:
-                    verdicts[model.name] = {"face_found": False, "passes": True, "threshold": threshold}
-                    continue
-                after = _embed(model, crop_for_template(protected, match, model.template), self.device)
-                reference = original
-                if self.config.protect.mode == "impersonate":
-                    reference = _embed(model, self._target_rgb[model.name], self.device)
-                before_sim = float((original * reference).sum()) if reference is not original else 1.0
-                after_sim = float((after * reference).sum())
-                passes = after_sim <= threshold if self.config.protect.mode == "dodge" else after_sim > threshold
-                verdicts[model.name] = {
-                    "role": "attacked" if model in self.attacked else "held_out",
-                    "similarity_before": round(before_sim, 4),
-                    "similarity_after": round(after_sim, 4),
-                    "threshold": round(threshold, 4),
-                    "passes": bool(passes),
-                }
-            record["fr"] = verdicts
+            verdicts = self.judge.judge_face(photo.rgb, protected, face, self.thresholds, mode, target, found)
+            record["fr"] = {name: verdict.to_record() for name, verdict in verdicts.items()}
 
 
 class Protector(FaceInverter, PhotoProtector):
@@ -385,8 +383,10 @@ class Protector(FaceInverter, PhotoProtector):
     def protect_face(self, photo: Photo, face: Face, face_id: str) -> FaceProtection:
         """Align, invert and pivot-tune (stage 1), then the adversarial latent search (stage 2)."""
         work = self.align(photo, face)
-        stage1 = self.invert_and_tune(work, face_id)
-        result = self.search(work, stage1, face_id)
+        with self.measure_stage(STAGE1):
+            stage1 = self.invert_and_tune(work, face_id)
+        with self.measure_stage(STAGE2):
+            result = self.search(work, stage1, face_id)
         return FaceProtection(
             crop=to_uint8(result.image),
             matrix=work.aligned.matrix,
@@ -440,15 +440,8 @@ class Protector(FaceInverter, PhotoProtector):
         return result
 
 
-def _embed(model: FaceEmbedder, crop: np.ndarray, device: torch.device) -> torch.Tensor:
-    with torch.no_grad():
-        return model(to_tensor01(crop, device))[0]
-
-
-def _best_overlap(face: Face, candidates: list[Face], min_iou: float = 0.3) -> Face | None:
-    scored = [(box_iou(face.box, c.box), c) for c in candidates]
-    best = max(scored, key=lambda s: s[0], default=(0.0, None))
-    return best[1] if best[0] >= min_iou else None
+def _unmeasured(stage: str) -> AbstractContextManager[Any]:
+    return nullcontext()
 
 
 def side_by_side(before: np.ndarray, after: np.ndarray, height: int = SIDE_BY_SIDE_HEIGHT) -> np.ndarray:

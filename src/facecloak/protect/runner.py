@@ -56,7 +56,7 @@ def run_protect_job(photos: Sequence[Path], out_dir: Path, config: AppConfig, re
         rank_config = replace(config, device=ranks.device(config.device))
         _protect_share(mine, ids, out_dir, rank_config, manifest, ranks)
         missing_ranks = ranks.barrier(config.trainer.barrier_timeout_s)
-        summary = _summary(manifest, ids, out_dir, missing_ranks)
+        summary = _summary(manifest, ids, out_dir, missing_ranks, config.smoke)
         if ranks.is_main:
             write_json_atomic(out_dir / SUMMARY_NAME, summary)
     return summary
@@ -105,22 +105,33 @@ def _log_photo(logger: Any, index: int, record: dict[str, Any]) -> None:
     metrics: dict[str, float] = {"photo/index": index, "photo/seconds": float(record["seconds"])}
     for face in record["faces"]:
         for model, verdict in face.get("fr", {}).items():
-            if "similarity_after" in verdict:
-                metrics[f"photo/face{face['face']}/{model}/similarity_after"] = verdict["similarity_after"]
-                metrics[f"photo/face{face['face']}/{model}/passes"] = float(verdict["passes"])
+            metrics[f"photo/face{face['face']}/{model}/protected"] = float(verdict["verdict"] == "protected")
+            if verdict["after"] is not None:
+                metrics[f"photo/face{face['face']}/{model}/after"] = verdict["after"]
     logger.log_metrics(metrics)
 
 
-def _summary(manifest: JobManifest, ids: dict[str, Path], out_dir: Path, missing_ranks: list[int]) -> dict:
-    """Counts, failures and — if a rank crashed — the photos nobody finished."""
+def _summary(manifest: JobManifest, ids: dict[str, Path], out_dir: Path, missing_ranks: list[int], smoke: bool) -> dict:
+    """Counts, the verdicts of every protected face, failures and — if a rank crashed — the photos nobody finished.
+
+    ``all_photos_processed`` says every photo was handled (done or failed), never that any face is protected: the
+    ``verdicts`` section says that.
+    """
+    import json
+
+    from facecloak.protect.verdict_table import verdict_summary
+
     entries = manifest.photos
     incomplete = sorted(i for i in ids if entries.get(i, {}).get("state") not in (DONE, FAILED))
+    done = sorted(i for i in ids if entries.get(i, {}).get("state") == DONE)
+    records = [json.loads((out_dir / entries[i]["record"]).read_text()) for i in done]
     summary = {
         "out_dir": str(out_dir),
         "counts": manifest.summary(sorted(ids)),
+        "verdicts": verdict_summary(records, smoke),
         "failed": {i: e.get("error") for i, e in entries.items() if i in ids and e["state"] == FAILED},
         "photos": {i: str(p) for i, p in ids.items()},
-        "complete": not incomplete,
+        "all_photos_processed": not incomplete,
     }
     if incomplete:
         summary["incomplete"] = incomplete

@@ -107,6 +107,8 @@ class ModelEntry:
     thresholds: Thresholds | None = None
     same_network_as: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    metric: str = "cosine"
+    """How its users compare two embeddings: ``cosine`` similarity, or ``euclidean`` distance (dlib's descriptor)."""
 
 
 def _tuple(value: Any) -> Any:
@@ -134,9 +136,12 @@ def _parse_entry(name: str, raw: dict[str, Any]) -> ModelEntry:
             thresholds=thresholds,
             same_network_as=raw.get("same_network_as"),
             config=dict(raw.get("config", {})),
+            metric=raw.get("metric", "cosine"),
         )
     except (KeyError, TypeError) as err:
         raise ConfigError(f"{where} is malformed: {err}") from err
+    if entry.metric not in ("cosine", "euclidean"):
+        raise ConfigError(f"{where}: metric '{entry.metric}' is not 'cosine' or 'euclidean'")
     if entry.kind not in KINDS:
         raise ConfigError(f"{where}: kind '{entry.kind}' is not one of {KINDS}")
     for f in entry.files:

@@ -1,7 +1,9 @@
 """A finished protection job's numbers: success shares, similarities, face-region quality and time per photo.
 
-Read from the job's per-photo records (the FR verdicts measured on the saved photos) and from the saved photos
-themselves (quality of the face box against the original, loaded exactly as the pipeline loaded it).
+Read from the job's per-photo records (the verdicts :mod:`facecloak.verify.judge` gave on the saved photos, so the
+sweep and protect apply one rule: a face the detector no longer finds is not a success) and from the saved photos
+themselves (quality of the face box against the original, loaded exactly as the pipeline loaded it). Similarity
+means are of the cosine similarity every verdict records, whatever metric the model is judged by.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from facecloak.config.schema import AppConfig
 from facecloak.evaluation.quality import measure_quality
 from facecloak.io.images import load_photo
 from facecloak.protect.pipeline import image_id_for
+from facecloak.verify.judge import face_outcome
 
 QUALITY_METRICS = ("psnr", "ssim", "haarpsi")
 
@@ -39,8 +42,11 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def _role_verdicts(face: dict[str, Any], role: str) -> list[dict[str, Any]]:
-    # A face the detector no longer finds on the saved photo has no role field and counts as passing every model.
-    return [v for v in face.get("fr", {}).values() if v.get("role", role) == role]
+    return [v for v in face.get("fr", {}).values() if v["role"] == role]
+
+
+def _similarities(verdicts: Sequence[dict[str, Any]]) -> list[float]:
+    return [v["cosine_after"] for v in verdicts if v["cosine_after"] is not None]
 
 
 def job_records(job_dir: Path, photos: Sequence[Path], failed: Collection[str]) -> list[dict[str, Any]]:
@@ -59,11 +65,11 @@ def job_metrics(records: Sequence[dict[str, Any]], config: AppConfig) -> dict[st
         for face in record["faces"]:
             held, attacked = _role_verdicts(face, "held_out"), _role_verdicts(face, "attacked")
             if held:  # no held-out model configured: the share is undefined, not 100 %
-                held_ok.append(float(all(v["passes"] for v in held)))
+                held_ok.append(float(face_outcome(held) == "protected"))
             if attacked:
-                attacked_ok.append(float(all(v["passes"] for v in attacked)))
-            held_sim += [v["similarity_after"] for v in held if "similarity_after" in v]
-            attacked_sim += [v["similarity_after"] for v in attacked if "similarity_after" in v]
+                attacked_ok.append(float(face_outcome(attacked) == "protected"))
+            held_sim += _similarities(held)
+            attacked_sim += _similarities(attacked)
             for name, value in face_quality(original, protected, face["box"]).items():
                 quality[name].append(value)
     return {

@@ -1,7 +1,11 @@
 """Verification statistics from embeddings: ROC-AUC, thresholds at a false-accept rate, rank-k identification.
 
-Convention everywhere in facecloak: two faces *match* when their cosine similarity is strictly greater than the
-threshold. The threshold at FAR ``f`` is chosen so that at most ``f`` of the impostor pairs match.
+Each face-recognition model is compared by its own metric (its registry entry's ``metric``), as its users compare
+it: cosine similarity (faces match when it is strictly greater than the threshold) or, for dlib's descriptor,
+Euclidean distance (faces match when it is strictly smaller, as face_recognition's ``compare_faces`` does). The
+statistics below work on *alikeness* (the similarity, or minus the distance) so that one rule, "match when alikeness
+> threshold", serves both; values shown to people are in the metric's own units. The threshold at FAR ``f`` is
+chosen so that at most ``f`` of the impostor pairs match.
 """
 
 from __future__ import annotations
@@ -9,8 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+
+Metric = Literal["cosine", "euclidean"]
+METRICS: tuple[Metric, ...] = ("cosine", "euclidean")
+FACE_RECOGNITION_TOLERANCE = 0.6
+"""face_recognition's default ``compare_faces`` tolerance on dlib's descriptor distance (reported beside ours)."""
 
 
 @dataclass(frozen=True)
@@ -23,13 +33,34 @@ class PairScores:
 
 def cosine_matrix(embeddings: np.ndarray) -> np.ndarray:
     """All-pairs cosine similarity of embedding rows."""
-    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(min=1e-12)
-    return unit @ unit.T
+    return compare_rows(embeddings, embeddings, "cosine")
 
 
-def pair_scores(embeddings: np.ndarray, labels: list[str]) -> PairScores:
-    """Split the upper triangle of the similarity matrix into genuine and impostor pairs."""
-    sims = cosine_matrix(embeddings)
+def compare_rows(a: np.ndarray, b: np.ndarray, metric: Metric) -> np.ndarray:
+    """``[len(a), len(b)]`` values in the metric's own units: cosine similarity or Euclidean distance."""
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(b, dtype=np.float64))
+    if metric == "euclidean":
+        return np.sqrt(np.clip((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0.0, None))
+    unit_a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(min=1e-12)
+    unit_b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(min=1e-12)
+    return unit_a @ unit_b.T
+
+
+def alikeness(values: np.ndarray, metric: Metric) -> np.ndarray:
+    """Higher = more alike whatever the metric (the similarity, or minus the distance): one rule for ranks and FAR."""
+    return np.asarray(values, dtype=np.float64) * (-1.0 if metric == "euclidean" else 1.0)
+
+
+def matches(values: np.ndarray | float, threshold: float, metric: Metric) -> np.ndarray:
+    """Whether two faces match: similarity strictly above, or distance strictly below, the threshold."""
+    values = np.asarray(values, dtype=np.float64)
+    return values < threshold if metric == "euclidean" else values > threshold
+
+
+def pair_scores(embeddings: np.ndarray, labels: list[str], metric: Metric = "cosine") -> PairScores:
+    """Split the upper triangle of the alikeness matrix into genuine and impostor pairs."""
+    sims = alikeness(compare_rows(embeddings, embeddings, metric), metric)
     same = np.equal.outer(np.asarray(labels), np.asarray(labels))
     upper = np.triu(np.ones_like(same, dtype=bool), k=1)
     return PairScores(genuine=sims[upper & same], impostor=sims[upper & ~same])
@@ -103,31 +134,43 @@ def identification_rate(ranks: np.ndarray, k: int) -> float:
     return float((defined <= k).mean()) if len(defined) else float("nan")
 
 
-def rank_k_identification(embeddings: np.ndarray, labels: list[str], k: int = 1) -> float:
+def rank_k_identification(embeddings: np.ndarray, labels: list[str], k: int = 1, metric: Metric = "cosine") -> float:
     """Leave-one-out identification: share of probes whose identity appears among the k most similar others."""
-    sims = cosine_matrix(embeddings)
+    sims = alikeness(compare_rows(embeddings, embeddings, metric), metric)
     np.fill_diagonal(sims, -np.inf)
     # A person with a single photo has no other one to be found by: undefined, left out.
     return identification_rate(identity_ranks(sims, labels, labels), k)
 
 
-def verification_report(embeddings: np.ndarray, labels: list[str], far_levels: list[float]) -> dict:
-    """Everything `fr calibrate` reports for one model, as plain JSON-able data."""
-    scores = pair_scores(embeddings, labels)
-    thresholds = {str(f): threshold_at_far(scores.impostor, f) for f in far_levels}
-    return {
+def verification_report(
+    embeddings: np.ndarray, labels: list[str], far_levels: list[float], metric: Metric = "cosine"
+) -> dict:
+    """Everything `fr calibrate` reports for one model, as plain JSON-able data (values in the metric's units)."""
+    scores = pair_scores(embeddings, labels, metric)
+    alike_thresholds = {str(f): threshold_at_far(scores.impostor, f) for f in far_levels}
+    sign = -1.0 if metric == "euclidean" else 1.0
+    report = {
+        "metric": metric,
         "auc": roc_auc(scores.genuine, scores.impostor),
-        "thresholds": thresholds,
-        "tar_at_far": {f: accept_rate(scores.genuine, t) for f, t in thresholds.items()},
+        "thresholds": {f: sign * t for f, t in alike_thresholds.items()},
+        "tar_at_far": {f: accept_rate(scores.genuine, t) for f, t in alike_thresholds.items()},
         # With fewer than 1/FAR impostor pairs the threshold is the largest impostor score: a coarse estimate.
         "far_resolution_limited": {str(f): len(scores.impostor) * f < 1 for f in far_levels},
-        "genuine": _stats(scores.genuine),
-        "impostor": _stats(scores.impostor),
-        "rank1": rank_k_identification(embeddings, labels, 1),
-        "rank5": rank_k_identification(embeddings, labels, 5),
+        "genuine": _stats(sign * scores.genuine),
+        "impostor": _stats(sign * scores.impostor),
+        "rank1": rank_k_identification(embeddings, labels, 1, metric),
+        "rank5": rank_k_identification(embeddings, labels, 5, metric),
         "n_faces": len(labels),
         "n_identities": len(set(labels)),
     }
+    if metric == "euclidean":
+        tolerance = -FACE_RECOGNITION_TOLERANCE
+        report["face_recognition_tolerance"] = {
+            "distance": FACE_RECOGNITION_TOLERANCE,
+            "tar": accept_rate(scores.genuine, tolerance),
+            "far": accept_rate(scores.impostor, tolerance),
+        }
+    return report
 
 
 def _stats(values: np.ndarray) -> dict[str, float | int]:

@@ -37,7 +37,7 @@ def _to_network_input(x01: torch.Tensor, entry: ModelEntry) -> torch.Tensor:
 
 
 class FaceEmbedder(nn.Module):
-    """A face-recognition model with its preprocessing: ``forward(faces01) -> unit-norm embeddings``."""
+    """A face-recognition model with its preprocessing: ``forward(faces01) -> embeddings`` (unit norm for cosine)."""
 
     differentiable: bool = True
 
@@ -86,13 +86,15 @@ class BlackBoxEmbedder(FaceEmbedder):
 
     @torch.no_grad()
     def forward(self, faces01: torch.Tensor) -> torch.Tensor:
-        """Quantise to uint8 HWC as the black box expects, embed each face, return unit-norm embeddings."""
+        """Quantise to uint8 HWC as the black box expects, embed each face (unit norm unless the entry says none)."""
         size = self.entry.preprocessing.input_size
         if size is not None and tuple(faces01.shape[-2:]) != tuple(size):
             faces01 = F.interpolate(faces01, size=tuple(size), mode="bilinear", align_corners=False)
         images = (faces01.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         out = torch.from_numpy(np.stack([self._embed_uint8(img) for img in images])).float()
-        return F.normalize(out, dim=1).to(faces01.device)
+        if self.entry.preprocessing.embedding_norm == "l2":
+            out = F.normalize(out, dim=1)
+        return out.to(faces01.device)
 
 
 # ---------------------------------------------------------------- builders, one per architecture family

@@ -63,6 +63,7 @@ from facecloak.faces.detect import Face, FaceDetector
 from facecloak.io.images import load_photo, save_png
 from facecloak.losses.identity import AdversarialIdentityLoss
 from facecloak.models.fr.zoo import FaceEmbedder, load_fr_model
+from facecloak.runtime.devices import trainer_device_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,11 @@ def _pixel_method(name: str) -> MethodFn:
         # The attack's steps run through a Trainer like every other stage (precision, accelerator, loss curves).
         from facecloak.stages.pixel_attack import trainer_perturb
 
-        trainer = {"accelerator": config.trainer.accelerator, "precision": config.trainer.precision}
+        trainer = {
+            **trainer_device_kwargs(torch.device(config.device), config.trainer.accelerator),
+            "precision": config.trainer.precision,
+            "deterministic": config.trainer.deterministic,
+        }
         perturb = functools.partial(trainer_perturb, trainer_kwargs=trainer)
         protect = functools.partial(protect_photo_pixels, perturb=perturb)
         return {

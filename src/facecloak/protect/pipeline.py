@@ -152,10 +152,13 @@ class PhotoJob:
 
     def _trainer_kwargs(self) -> dict[str, Any]:
         """One device per photo (a multi-rank job splits photos between ranks, never one photo's gradients)."""
+        from facecloak.runtime.devices import trainer_device_kwargs
+
         trainer = self.config.trainer
         return {
-            "accelerator": trainer.accelerator,
+            **trainer_device_kwargs(self.device, trainer.accelerator),
             "precision": trainer.precision,
+            "deterministic": trainer.deterministic,
             "enable_progress_bar": False,  # the job's own bar shows photos, stage, step and losses
             "logger": self.logger or False,
             "log_every_n_steps": trainer.log_every_n_steps,

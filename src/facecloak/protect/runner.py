@@ -46,6 +46,7 @@ def run_protect_job(photos: Sequence[Path], out_dir: Path, config: AppConfig, re
     """Protect every photo; a rerun of the same command resumes, a changed config is refused."""
     from facecloak.runtime.devices import configure_backends, describe
     from facecloak.runtime.distributed import job_ranks
+    from facecloak.runtime.trainer import own_logging_rank
 
     with job_ranks(config.trainer.barrier_timeout_s) as ranks:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,8 @@ def run_protect_job(photos: Sequence[Path], out_dir: Path, config: AppConfig, re
         configure_backends(
             torch.device(rank_config.device), trainer.allow_tf32, trainer.cudnn_benchmark, trainer.deterministic
         )
-        _protect_share(mine, ids, out_dir, rank_config, manifest, ranks)
+        with own_logging_rank():
+            _protect_share(mine, ids, out_dir, rank_config, manifest, ranks)
         missing_ranks = ranks.barrier(config.trainer.barrier_timeout_s)
         summary = _summary(manifest, ids, out_dir, missing_ranks)
         if ranks.is_main:

@@ -132,6 +132,24 @@ def build_logger(config: LoggerConfig, run_name: str, run_config: dict[str, Any]
 
 
 @contextlib.contextmanager
+def own_logging_rank() -> Iterator[None]:
+    """Let this process log as its own rank zero while it runs single-device stages.
+
+    Lightning reads its rank-zero flag from ``RANK`` at import, and a single-device Trainer never resets it, so on
+    rank ≥ 1 of a photo-sharded job every logger call was silently dropped. Each rank's stages are a world of one
+    (photos never share gradients), and each rank has its own run, so each logs as rank zero of that world.
+    """
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    previous = getattr(rank_zero_only, "rank", 0)
+    rank_zero_only.rank = 0  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        rank_zero_only.rank = previous  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
 def closing_logger(logger: Any) -> Iterator[Any]:
     """Finish the W&B run whatever happens, marking it failed when the stage raised."""
     try:

@@ -28,7 +28,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import lightning as L
@@ -168,8 +168,10 @@ class PivotTuning(L.LightningModule):
         perceptual: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["generator", "perceptual"])
+        self.save_hyperparameters(ignore=["generator", "perceptual", "config"])
         self.config = config or PivotTuningConfig()
+        # A plain dict: loggers flatten hyperparameters and cannot walk a frozen dataclass (CSV logging failed).
+        self.hparams.update(config=asdict(self.config))
         self.image_ids = list(image_ids)
         # A frozen distance holds no per-image state, so runs may share one instead of reloading VGG every time.
         self.frozen = FrozenTuningNetworks(

@@ -10,6 +10,10 @@ the same weights, and rank 0 saves the network (``DDPMUNet.from_pretrained`` loa
 ``--unet DIR`` starts from a saved network (e.g. the CelebA-HQ DDPM converted by ``facecloak weights``); without it
 a seeded untrained network of ``--resolution`` is used (no face prior: a check of the mechanics, not of quality).
 Each rank writes ``weights_rank<R>.sha256`` so a run can prove the replicas stayed identical.
+
+Each rank detects, crops and DDIM-inverts only its own share of the photos (round-robin by rank), on its own
+device (``cuda:LOCAL_RANK`` when a GPU is used), and then trains on that share, cycling through it for ``--steps``
+steps: the expensive preparation is split over the ranks instead of repeated by each of them.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from facecloak.diffusion import NoiseSchedule
 from facecloak.faces.detect import build_detector
@@ -32,6 +36,8 @@ from facecloak.losses.identity import AdversarialIdentityLoss
 from facecloak.models.ddpm import DDPMConfig, DDPMUNet
 from facecloak.models.faceapi import load_faceapi_model
 from facecloak.models.fr.zoo import load_fr_model
+from facecloak.runtime.devices import resolve_device
+from facecloak.runtime.distributed import detect_ranks
 from facecloak.stages.score_finetune import ScoreFinetune, save_finetuned
 from facecloak.stages.score_finetune_config import ScoreFinetuneConfig
 from facecloak.stages.score_finetune_data import prepare_finetune_faces
@@ -69,12 +75,18 @@ def main() -> None:
     args = parser.parse_args()
     L.seed_everything(args.seed, verbose=False)
 
+    ranks = detect_ranks()
+    mine = ranks.share(args.photos)
+    if not mine:
+        raise SystemExit(f"{len(args.photos)} photo(s) for {ranks.world_size} ranks: give at least one per rank")
+    device = resolve_device("cpu" if args.accelerator == "cpu" else "auto", ranks.local_rank)
     torch.manual_seed(args.seed)  # the untrained network must be the same on every rank
     unet = DDPMUNet.from_pretrained(args.unet) if args.unet else DDPMUNet(_tiny_config(args.resolution))
+    unet = unet.to(device)
     size = unet.config.resolution
-    detector = build_detector("mtcnn")
+    detector = build_detector("mtcnn", device=str(device))
     images, landmarks = [], []
-    for path in args.photos:
+    for path in mine:
         rgb = load_photo(path, max_side=MAX_PHOTO_SIDE).rgb
         faces = detector.detect(rgb)
         if not faces:
@@ -91,10 +103,11 @@ def main() -> None:
         lr=args.lr,
         seed=args.seed,
     )
-    identity = AdversarialIdentityLoss([load_fr_model(n) for n in args.attacked], mode="dodge")
-    landmark_net = load_faceapi_model("landmark68")
+    identity = AdversarialIdentityLoss([load_fr_model(n, device) for n in args.attacked], mode="dodge").to(device)
+    landmark_net = load_faceapi_model("landmark68").to(device)
     schedule = NoiseSchedule()
-    data = prepare_finetune_faces(unet, torch.stack(images), torch.stack(landmarks), config, identity, landmark_net)
+    images_t, landmarks_t = torch.stack(images).to(device), torch.stack(landmarks).to(device)
+    data = prepare_finetune_faces(unet, images_t, landmarks_t, config, identity, landmark_net)
     module = ScoreFinetune(unet, config, identity, ExpressionObjective(args.expression), landmark_net, schedule)
     devices: int | str = int(args.devices) if args.devices.isdigit() else args.devices
     trainer = L.Trainer(
@@ -108,9 +121,10 @@ def main() -> None:
         enable_checkpointing=False,
         enable_model_summary=False,
         default_root_dir=args.out,
+        use_distributed_sampler=False,  # each rank already holds only its own photos
     )
-    # One photo per rank per step; Lightning gives each rank its own share (DistributedSampler).
-    trainer.fit(module, DataLoader(data, batch_size=1, shuffle=False))
+    # One photo per rank per step, cycling through the rank's share: every rank runs exactly --steps steps.
+    trainer.fit(module, DataLoader(_Cycle(data, args.steps), batch_size=None))
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"weights_rank{trainer.global_rank}.sha256").write_text(weights_digest(module.unet) + "\n")
@@ -118,6 +132,22 @@ def main() -> None:
         save_finetuned(module, args.out / "network")
         summary = {"photos": [str(p) for p in args.photos], "world_size": trainer.world_size, "steps": args.steps}
         (args.out / "finetune.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+class _Cycle(IterableDataset):
+    """A rank's prepared photos, one batch of one per step, in order, repeated for ``steps`` steps."""
+
+    def __init__(self, data: Dataset, steps: int) -> None:
+        self.data = data
+        self.steps = steps
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        n = len(self.data)  # type: ignore[arg-type]
+        for step in range(self.steps):
+            yield default_collate([self.data[step % n]])  # what a batch-of-one DataLoader would give
+
+    def __len__(self) -> int:
+        return self.steps
 
 
 def _tiny_config(resolution: int) -> DDPMConfig:

@@ -70,8 +70,9 @@ def test_job_trainer_settings_reach_a_stage_trainer(deterministic: bool, restore
 def test_a_job_keeps_one_device_per_photo() -> None:
     """Photos are split between ranks, never one photo's gradients: the user's devices/strategy are not applied."""
     config = replace(compose(["scale=smoke"]).trainer, devices="2", strategy="ddp")
-    kwargs = job_trainer_kwargs(config)
-    assert "devices" not in kwargs and "strategy" not in kwargs and kwargs["enable_progress_bar"] is False
+    kwargs = job_trainer_kwargs(config, torch.device("cpu"))
+    assert kwargs["devices"] == 1 and kwargs["accelerator"] == "cpu"  # the job's device, not the user's devices=2
+    assert "strategy" not in kwargs and kwargs["enable_progress_bar"] is False
 
 
 def test_step_count_comes_from_the_stage_key() -> None:

@@ -501,3 +501,13 @@ def test_checkpoint_holds_only_latents_and_noise(generator, inputs, identity, tm
     checkpoint["latent_search"]["stopped_at"] = torch.tensor([1, -1])
     fresh.on_load_checkpoint(checkpoint)
     assert fresh.stopped_at.tolist() == [1, -1]
+
+
+def test_moving_the_search_leaves_the_shared_networks_alone(generator, inputs, identity):
+    """Teardown's module move must not drag the tuned generator or the FR judges along (they are the job's)."""
+    module = build(generator, take(inputs, [0]), identity)
+    module.double()
+    assert {p.dtype for p in generator.parameters()} == {torch.float32}
+    assert {p.dtype for p in module.parameters()} == {torch.float64}
+    assert {p.dtype for p in identity.parameters() if p.is_floating_point()} <= {torch.float32}
+    assert {b.dtype for b in identity.buffers() if b.is_floating_point()} <= {torch.float32}

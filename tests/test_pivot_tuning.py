@@ -160,3 +160,22 @@ def test_bad_arguments_are_refused(photos) -> None:
         tune_images(tiny_generator(), images, pivots, ["a", "a", "b"], CONFIG, TRAINER)
     with pytest.raises(ConfigError, match="early_stop_perceptual"):
         PivotTuningConfig(early_stop_perceptual=0.0)
+
+
+def _dtypes(module: torch.nn.Module) -> set[torch.dtype]:
+    return {t.dtype for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()}
+
+
+def test_moving_the_run_leaves_the_shared_networks_alone() -> None:
+    """Lightning's teardown moves the trained module (``.cpu()``); the job's base generator must not follow.
+
+    On a CPU the move is observable as a dtype change: a module-wide ``.double()`` converts everything the module
+    owns, and must leave the shared generator and perceptual distance as they were.
+    """
+    generator = tiny_generator()
+    module = PivotTuning(generator, ["x"], CONFIG)
+    module.double()
+    assert _dtypes(generator) == {torch.float32}
+    assert _dtypes(module.perceptual) <= {torch.float32}
+    assert all(p.dtype == torch.float64 for p in module.deltas)
+    assert not any(m is generator for m in module.modules())

@@ -240,3 +240,12 @@ def test_composite_judges_only_what_fine_tuning_changes(crops, judges, initial_u
         prepare_finetune_faces(initial_unet, images, landmarks, CONFIG, identity, landmark, change_mask=mask)
     with pytest.raises(ConfigError, match="composite='blend'"):
         prepare_finetune_faces(initial_unet, images, landmarks, CONFIG, identity, landmark, composite="blend")  # type: ignore[arg-type]
+
+
+def test_moving_the_module_leaves_the_frozen_judges_alone(judges, initial_unet):
+    """Teardown's module move applies to the fine-tuned copy only, never to the job's FR/expression/landmark nets."""
+    module = build_module(initial_unet, judges)
+    module.double()
+    for judge in judges:
+        assert {t.dtype for t in [*judge.parameters(), *judge.buffers()] if t.is_floating_point()} <= {torch.float32}
+    assert {p.dtype for p in module.unet.parameters()} == {torch.float64}

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from facecloak.config.schema import AppConfig
 from facecloak.errors import ConfigError
+from facecloak.runtime.devices import local_rank_from_env, resolve_device
 
 CONFIG_DIR_ENV = "FACECLOAK_CONFIG_DIR"
 # Groups whose files hold values for the whole config (not only their own section), merged after the others in this
@@ -146,6 +147,8 @@ def compose(
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from err
     assert isinstance(obj, AppConfig)
+    # One device policy: 'auto'/'cuda' become this rank's concrete device here, so every consumer agrees.
+    obj.device = str(resolve_device(obj.device, local_rank_from_env()))
     return obj
 
 

@@ -8,6 +8,7 @@ checks value ranges when the merged config is turned into objects (:func:`facecl
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields, replace
 
 from facecloak.errors import ConfigError
@@ -210,7 +211,8 @@ class AppConfig:
     """The whole configuration of a facecloak run."""
 
     seed: int = 0
-    device: str = "cpu"
+    # auto: cuda:LOCAL_RANK (mod visible GPUs) when CUDA is available, else cpu (facecloak.runtime.devices).
+    device: str = "auto"
     # Set by `scale=smoke`: a run that checks the code path at a tiny size; its verdicts are not results.
     smoke: bool = False
     weights: WeightsConfig = field(default_factory=WeightsConfig)
@@ -226,9 +228,9 @@ class AppConfig:
 
     def __post_init__(self) -> None:
         require(
-            self.device == "cpu" or self.device.startswith(("cuda", "mps")),
+            self.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", self.device) is not None,
             "device",
-            "must be 'cpu', 'cuda', 'cuda:N' or 'mps'",
+            "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'",
         )
         # MAP's identity objective is the job's protect.mode; an explicit, different map.identity_mode is refused.
         if self.map.identity_mode != self.protect.mode:

@@ -193,7 +193,9 @@ def _pixel_method(name: str) -> MethodFn:
         from facecloak.stages.fit import job_trainer_kwargs
         from facecloak.stages.pixel_attack import trainer_perturb
 
-        perturb = functools.partial(trainer_perturb, trainer_kwargs=job_trainer_kwargs(config.trainer))
+        perturb = functools.partial(
+            trainer_perturb, trainer_kwargs=job_trainer_kwargs(config.trainer, torch.device(config.device))
+        )
         protect = functools.partial(protect_photo_pixels, perturb=perturb)
         return {
             probe.image_id: _measured(

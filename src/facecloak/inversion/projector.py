@@ -25,7 +25,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from facecloak.errors import ConfigError
 from facecloak.losses.perceptual import PERCEPTUAL_CHOICES, build_perceptual, resize_for_loss
@@ -188,15 +188,17 @@ def project(
     config: ProjectorConfig | None = None,
     init_wplus: Tensor | None = None,
     latent_avg: Tensor | None = None,
+    perceptual: nn.Module | None = None,
 ) -> ProjectionResult:
     """Invert ``images`` (``[B, 3, H, W]`` in [-1, 1], any size) into W+ and noise maps.
 
     ``init_wplus`` (e.g. from :func:`e4e_init`) replaces the mean-latent start; for a refinement use a smaller
     ``lr`` and ``latent_noise=0``. ``latent_avg`` (a checkpoint's tracked mean W) replaces the sampled mean.
-    The generator is only read: its weights get no gradient.
+    The generator is only read: its weights get no gradient. ``perceptual``: a prebuilt distance of the configured
+    kind, so a job loads VGG/LPIPS once instead of once per face.
     """
     config = config or ProjectorConfig()
-    perceptual = build_perceptual(config.perceptual).to(images.device)
+    perceptual = (perceptual or build_perceptual(config.perceptual)).to(images.device)
     rng = torch.Generator().manual_seed(config.seed)
     batch, device = images.shape[0], images.device
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from facecloak.verify.judge import FaceJudge, Role
 from facecloak.verify.thresholds import Threshold, build_threshold_table
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NO_FACE_PRIOR_NOTE = (
     "generator without pretrained weights: it has no face prior, so naturalness comes only from pivot tuning "
@@ -138,6 +139,19 @@ class PhotoJob:
         self.notes: list[str] = []  # caveats every record of the job carries (e.g. networks without weights)
         # Wraps each stage a method runs (STAGE1, STAGE2); evaluate's cost meter replaces it to time them.
         self.measure_stage: Callable[[str], AbstractContextManager[Any]] = _unmeasured
+        self._networks: dict[str, Any] = {}
+
+    def shared_network(self, key: str, build: Callable[[], T]) -> T:
+        """A frozen network built once per job (VGG/LPIPS, CLIP and its encoded prompts), reused by every face."""
+        if key not in self._networks:
+            self._networks[key] = build()
+        return cast(T, self._networks[key])
+
+    def perceptual(self, kind: str) -> torch.nn.Module:
+        """The job's perceptual distance of one kind, shared by the projector and pivot tuning."""
+        from facecloak.losses.perceptual import build_perceptual
+
+        return self.shared_network(f"perceptual:{kind}", lambda: build_perceptual(kind).to(self.device))
 
     def faces_of(self, photo: Photo) -> list[Face]:
         """Every face of a photo (up to ``protect.max_faces``), largest first."""
@@ -147,7 +161,7 @@ class PhotoJob:
         """The user's ``trainer`` settings for this job's stages, one device per photo (:mod:`facecloak.stages.fit`)."""
         from facecloak.stages.fit import job_trainer_kwargs
 
-        return job_trainer_kwargs(self.config.trainer, self.logger, self.callbacks)
+        return job_trainer_kwargs(self.config.trainer, self.device, self.logger, self.callbacks)
 
 
 class FaceInverter(PhotoJob):
@@ -204,7 +218,9 @@ class FaceInverter(PhotoJob):
             with torch.no_grad():
                 resized = F.interpolate(image, size=(256, 256), mode="area")
                 return self.encoder.encode(resized), None  # type: ignore[operator]
-        projection = project(self.generator, image, self.config.generator.projector, latent_avg=self.latent_avg)
+        settings = self.config.generator.projector
+        perceptual = self.perceptual(settings.perceptual)
+        projection = project(self.generator, image, settings, latent_avg=self.latent_avg, perceptual=perceptual)
         return projection.wplus.detach(), [n.detach() for n in projection.noise]
 
     def invert_and_tune(self, work: AlignedWork, face_id: str) -> Any:
@@ -227,6 +243,7 @@ class FaceInverter(PhotoJob):
             self.config.pivot,
             self._trainer_kwargs(),
             noise=noise,
+            perceptual=self.perceptual(self.config.pivot.perceptual),
         )
         if self.stage_dir is not None and self.config.protect.keep_stage_checkpoints:
             save_artifact(self.stage_dir, result, self.generator, self.fingerprint)
@@ -436,8 +453,15 @@ class Protector(FaceInverter, PhotoProtector):
             self._trainer_kwargs(),
             anchor=anchor,
             change_mask=change_mask,
+            clip_factory=self._clip,
         )
         return result
+
+    def _clip(self, config: Any) -> Any:
+        """The job's CLIP loss (model and encoded prompts), built for the first face and reused by the others."""
+        from facecloak.stages.latent_search_io import load_clip_for
+
+        return self.shared_network(f"clip:{config!r}", lambda: load_clip_for(config))
 
 
 def _unmeasured(stage: str) -> AbstractContextManager[Any]:

@@ -14,6 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from facecloak.config.compose import to_plain
 from facecloak.config.schema import AppConfig
 from facecloak.errors import FacecloakError
@@ -35,12 +37,16 @@ def result_affecting_config(config: AppConfig) -> dict[str, Any]:
         plain.pop(section, None)
     for key in ("progress_bar", "devices", "num_nodes", "strategy", "log_every_n_steps", "barrier_timeout_s"):
         plain.get("trainer", {}).pop(key, None)
+    # The kind of device changes the numbers; which GPU a rank got does not.
+    plain["device"] = str(plain["device"]).partition(":")[0]
     return plain
 
 
 def run_protect_job(photos: Sequence[Path], out_dir: Path, config: AppConfig, restart: bool = False) -> dict:
     """Protect every photo; a rerun of the same command resumes, a changed config is refused."""
+    from facecloak.runtime.devices import configure_backends, describe
     from facecloak.runtime.distributed import job_ranks
+    from facecloak.runtime.trainer import own_logging_rank
 
     with job_ranks(config.trainer.barrier_timeout_s) as ranks:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -54,7 +60,14 @@ def run_protect_job(photos: Sequence[Path], out_dir: Path, config: AppConfig, re
         ids = {image_id_for(p): p for p in photos}
         mine = ranks.share(sorted(ids))
         rank_config = replace(config, device=ranks.device(config.device))
-        _protect_share(mine, ids, out_dir, rank_config, manifest, ranks)
+        trainer = rank_config.trainer
+        if ranks.is_main:
+            log.info(describe(torch.device(rank_config.device), config.device))
+        configure_backends(
+            torch.device(rank_config.device), trainer.allow_tf32, trainer.cudnn_benchmark, trainer.deterministic
+        )
+        with own_logging_rank():
+            _protect_share(mine, ids, out_dir, rank_config, manifest, ranks)
         missing_ranks = ranks.barrier(config.trainer.barrier_timeout_s)
         summary = _summary(manifest, ids, out_dir, missing_ranks, config.smoke)
         if ranks.is_main:

@@ -42,10 +42,10 @@ class Ranks:
         return list(items[self.rank :: self.world_size])
 
     def device(self, configured: str) -> str:
-        """One accelerator per local rank (``cuda`` → ``cuda:LOCAL_RANK``); CPU stays CPU."""
-        if self.world_size > 1 and configured in ("cuda", "cuda:0"):
-            return f"cuda:{self.local_rank}"
-        return configured
+        """The device of this rank: ``auto``/``cuda`` → ``cuda:(LOCAL_RANK mod visible GPUs)``; explicit ones kept."""
+        from facecloak.runtime.devices import resolve_device
+
+        return str(resolve_device(configured, self.local_rank))
 
     def barrier(self, timeout_s: float) -> list[int]:
         """Wait for every rank; the ranks that did not arrive in time (empty when all did)."""

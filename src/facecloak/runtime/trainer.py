@@ -35,7 +35,14 @@ class TrainerConfig:
     precision: str = "32-true"
     strategy: str = "auto"
     progress_bar: bool = True
+    # Deterministic kernels (torch.use_deterministic_algorithms, cuBLAS workspace): bit-identical reruns on one GPU
+    # model and software stack; slower, and ops without a deterministic CUDA kernel raise.
     deterministic: bool = False
+    # TF32 matmuls/convolutions on Ampere and newer GPUs: ~2-3x faster fp32 at ~1e-3 relative error. Off by default,
+    # so fp32 runs match the reference code; bf16-mixed runs are unaffected by it.
+    allow_tf32: bool = False
+    # cuDNN autotuning: faster convolutions when crop sizes repeat, but picks kernels by timing (not reproducible).
+    cudnn_benchmark: bool = False
     # Loss curves get a point every this many optimisation steps (per-photo stages are short).
     log_every_n_steps: int = 1
     # A multi-process protection job waits this long at its final barrier for the other ranks' photos.
@@ -122,6 +129,24 @@ def build_logger(config: LoggerConfig, run_name: str, run_config: dict[str, Any]
     )
     logger.log_hyperparams(run_config)
     return logger
+
+
+@contextlib.contextmanager
+def own_logging_rank() -> Iterator[None]:
+    """Let this process log as its own rank zero while it runs single-device stages.
+
+    Lightning reads its rank-zero flag from ``RANK`` at import, and a single-device Trainer never resets it, so on
+    rank ≥ 1 of a photo-sharded job every logger call was silently dropped. Each rank's stages are a world of one
+    (photos never share gradients), and each rank has its own run, so each logs as rank zero of that world.
+    """
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    previous = getattr(rank_zero_only, "rank", 0)
+    rank_zero_only.rank = 0  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        rank_zero_only.rank = previous  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from facecloak.errors import ConfigError
+from facecloak.runtime.devices import trainer_device_kwargs
 from facecloak.runtime.trainer import TrainerConfig, trainer_kwargs
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -52,15 +53,19 @@ RESUMABLE_WARNINGS = (
 update (the state to resume from: its step count, Adam moments and gradient EMA all include that update)."""
 
 
-def job_trainer_kwargs(config: TrainerConfig, logger: Any = None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """A protection job's Trainer overrides: the user's ``trainer`` section, on one device per photo.
+def job_trainer_kwargs(
+    config: TrainerConfig, device: torch.device, logger: Any = None, callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """A protection job's Trainer overrides: the user's ``trainer`` section, on the job's one device per photo.
 
-    A multi-rank job splits photos between ranks, never one photo's gradients, so devices, nodes and strategy stay
-    at one device; the job's own bar shows photos, stage, step and losses, so Lightning's bar is off.
+    A multi-rank job splits photos between ranks, never one photo's gradients, so each stage trains on exactly the
+    device its inputs and judges live on (:func:`facecloak.runtime.devices.trainer_device_kwargs`); the job's own
+    bar shows photos, stage, step and losses, so Lightning's bar is off.
     """
     kwargs = trainer_kwargs(config, logger)
     for key in ("devices", "num_nodes", "strategy"):
         kwargs.pop(key)
+    kwargs.update(trainer_device_kwargs(device, config.accelerator))
     kwargs.update(enable_progress_bar=False, callbacks=list(callbacks))
     return kwargs
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
@@ -55,6 +56,24 @@ def psnr(mse: Tensor, value_range: float = 2.0) -> Tensor:
 # --- the LightningModule ---------------------------------------------------------------------------------------------
 
 
+@dataclass
+class FrozenTuningNetworks:
+    """The shared base generator and perceptual distance: used by a run, owned by the job.
+
+    A plain container, not submodules: Lightning's teardown moves the module it trained back to the CPU, which
+    must not drag the job's base generator (used next by the projector on the GPU) along with it.
+    """
+
+    generator: Generator
+    perceptual: nn.Module
+
+    def to(self, device: torch.device) -> FrozenTuningNetworks:
+        """Put both networks on the run's device, frozen and in eval mode."""
+        for net in (self.generator, self.perceptual):
+            net.to(device).eval().requires_grad_(False)
+        return self
+
+
 class PivotTuning(L.LightningModule):
     """One pivot-tuning run over a fixed batch of images, each with its own generator offsets.
 
@@ -75,12 +94,16 @@ class PivotTuning(L.LightningModule):
         perceptual: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["generator", "perceptual"])
+        self.save_hyperparameters(ignore=["generator", "perceptual", "config"])
         self.config = config or PivotTuningConfig()
+        # A plain dict: loggers flatten hyperparameters and cannot walk a frozen dataclass (CSV logging failed).
+        self.hparams.update(config=asdict(self.config))
         self.image_ids = list(image_ids)
-        self.generator = generator.requires_grad_(False).eval()
         # A frozen distance holds no per-image state, so runs may share one instead of reloading VGG every time.
-        self.perceptual = perceptual if perceptual is not None else build_perceptual(self.config.perceptual)
+        self.frozen = FrozenTuningNetworks(
+            generator.requires_grad_(False).eval(),
+            perceptual if perceptual is not None else build_perceptual(self.config.perceptual),
+        )
         self.tuned_names = tuned_parameter_names(generator)
         n = len(self.image_ids)
         params = dict(generator.named_parameters())
@@ -95,12 +118,19 @@ class PivotTuning(L.LightningModule):
         self.metrics_before: dict[str, Tensor] = {}
         self.metrics_after: dict[str, Tensor] = {}
 
-    def train(self, mode: bool = True) -> PivotTuning:
-        """Keep the frozen networks in eval mode whatever the Trainer asks."""
-        super().train(mode)
-        self.generator.eval()
-        self.perceptual.eval()
-        return self
+    @property
+    def generator(self) -> Generator:
+        """The frozen base generator every image's offsets apply to."""
+        return self.frozen.generator
+
+    @property
+    def perceptual(self) -> nn.Module:
+        """The frozen perceptual distance of the reconstruction loss."""
+        return self.frozen.perceptual
+
+    def setup(self, stage: str) -> None:
+        """Bring the shared frozen networks to the device the Trainer put this run on."""
+        self.frozen.to(self.device)
 
     def render(self, pivots: Tensor, noise: Sequence[Tensor]) -> Tensor:
         """Render image i with weights ``base + delta[i]``: ``[N, 3, size, size]``."""
@@ -206,11 +236,13 @@ def tune_images(
     config: PivotTuningConfig | None = None,
     trainer_kwargs: Mapping[str, object] | None = None,
     noise: Sequence[Tensor] | None = None,
+    perceptual: nn.Module | None = None,
 ) -> list[TuningResult]:
     """Pivot-tune the generator for every image, ``config.batch_size`` images per run, a fresh module per run.
 
     ``images``: ``[N, 3, H, W]`` in [-1, 1]; ``pivots``: ``[N, n_latent, style_dim]``; ``noise``: per-image maps
     ``[N, 1, r, r]`` (e.g. the projector's), else drawn from each image id. Results come back in input order.
+    ``perceptual``: a prebuilt distance of the configured kind (a job builds it once, not per face).
     """
     config = config or PivotTuningConfig()
     ids = [str(i) for i in image_ids]
@@ -223,7 +255,7 @@ def tune_images(
         per_image = [image_noise(generator, i, config.noise_seed) for i in ids]
         noise = [torch.cat(maps) for maps in zip(*per_image)]
 
-    perceptual = build_perceptual(config.perceptual)
+    perceptual = perceptual or build_perceptual(config.perceptual)
     results: list[TuningResult] = []
     for start in range(0, len(ids), config.batch_size):
         part = slice(start, start + config.batch_size)

@@ -312,6 +312,20 @@ def _ints(t: Tensor) -> list[int]:
     return [int(v) for v in t.reshape(-1).tolist()]
 
 
+def host_arg_positions(node: GraphNode) -> tuple[int, ...]:
+    """Inputs an op reads as Python numbers (shapes, axes, paddings): the module feeds them from host copies.
+
+    Reading such a value from a GPU tensor would stall the device once per op per forward pass.
+    """
+    if node.op in ("Mean", "Sum", "Max", "Reshape"):
+        return (1,)
+    if node.op in ("Pad", "PadV2"):
+        return (1, 2)
+    if node.op == "ConcatV2":
+        return (len(node.inputs) - 1,)
+    return ()
+
+
 @_op("Conv2D")
 def _conv2d(node: GraphNode, args: list[Tensor]) -> Tensor:
     return _conv(node, args[0], args[1], depthwise=False)
@@ -522,7 +536,27 @@ class TFJSGraphModule(nn.Module):
                     f"{graph.source.name}: node {node.name!r} uses op {node.op!r}, which the TF.js graph converter "
                     f"does not implement (supported: {', '.join(supported_ops())})"
                 )
+        # Shape/axis/padding constants: which Const feeds which op input, copied to the host now and on every
+        # state-dict load (a plain dict, so .to(device) leaves the copies where they are).
+        self._host_sources = {
+            node.name: {
+                position: node.inputs[position][0]
+                for position in host_arg_positions(node)
+                if position < len(node.inputs) and graph.nodes[node.inputs[position][0]].op == "Const"
+            }
+            for node in self._order
+        }
+        self._host_args: dict[str, dict[int, Tensor]] = {}
+        self._refresh_host_args()
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._refresh_host_args())
         self.requires_grad_(False)
+
+    def _refresh_host_args(self) -> None:
+        self._host_args = {
+            name: {k: self._buffers[self._buffer_keys[src]].detach().cpu() for k, src in sources.items()}  # type: ignore[union-attr]
+            for name, sources in self._host_sources.items()
+            if sources
+        }
 
     def _register_constant(self, name: str, constants: Mapping[str, Tensor], source: Path) -> None:
         if name not in constants:
@@ -545,7 +579,9 @@ class TFJSGraphModule(nn.Module):
             elif node.op == "Const":
                 values[node.name] = self._buffers[self._buffer_keys[node.name]]  # type: ignore[assignment]
             else:
-                values[node.name] = run_op(node, [_pick(values, src, i) for src, i in node.inputs])
+                host = self._host_args.get(node.name, {})
+                args = [host[k] if k in host else _pick(values, src, i) for k, (src, i) in enumerate(node.inputs)]
+                values[node.name] = run_op(node, args)
         return {name: _pick(values, name, 0) for name in self.output_names}
 
     def _check_feed(self, node: GraphNode, x: Tensor) -> Tensor:

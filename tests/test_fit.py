@@ -51,7 +51,7 @@ def test_job_trainer_settings_reach_a_stage_trainer(deterministic: bool, restore
         ["scale=smoke", f"trainer.deterministic={str(deterministic).lower()}", "trainer.log_every_n_steps=2"]
     )
     seen = SeenAtFit()
-    job = SimpleNamespace(config=config, logger=None, callbacks=[seen])
+    job = SimpleNamespace(config=config, device=torch.device(config.device), logger=None, callbacks=[seen])
     kwargs = PhotoJob._trainer_kwargs(job)  # type: ignore[arg-type]  # the protect job's own recipe
     assert kwargs["deterministic"] is deterministic
     generator = tiny_generator()

@@ -249,3 +249,20 @@ def test_moving_the_module_leaves_the_frozen_judges_alone(judges, initial_unet):
     for judge in judges:
         assert {t.dtype for t in [*judge.parameters(), *judge.buffers()] if t.is_floating_point()} <= {torch.float32}
     assert {p.dtype for p in module.unet.parameters()} == {torch.float64}
+
+
+def test_fp16_loss_scaling_is_refused_with_the_key_to_change(data, judges, initial_unet, tmp_path: Path) -> None:
+    """The hand-assembled projected update never passes through the fp16 gradient scaler: refuse, don't stall.
+
+    On a GPU, ``precision=16-mixed`` brings a gradient scaler; here the same plugin is given a real CPU scaler.
+    """
+    from lightning.pytorch.plugins import MixedPrecision
+
+    module = build_module(initial_unet, judges)
+    scaled = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    trainer = L.Trainer(
+        accelerator="cpu", plugins=[scaled], max_steps=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"trainer\.precision=16-mixed.*bf16-mixed"):
+        trainer.fit(module, DataLoader(data, batch_size=len(data), shuffle=False))

@@ -132,6 +132,12 @@ class ScoreFinetune(L.LightningModule):
         Gradients come from ``torch.autograd.grad`` (one per objective) and are averaged over ranks explicitly before
         projection, so DDP must not expect a ``backward()`` after each forward.
         """
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            raise ConfigError(
+                "trainer.precision=16-mixed cannot run MAP fine-tuning: its update is assembled by hand from "
+                "projected per-objective gradients, which fp16 loss scaling never scales (Lightning would unscale "
+                "unscaled gradients and the network would stop moving); use trainer.precision=bf16-mixed or 32-true"
+            )
         self.judges.to(self.device)
         wrapper = getattr(self.trainer.strategy, "model", None)
         if isinstance(wrapper, DistributedDataParallel):

@@ -84,7 +84,8 @@ def _protect_share(
     from facecloak.runtime.trainer import build_logger, closing_logger
 
     pending = [i for i in mine if not manifest.is_done(i)]
-    progress = JobProgress(len(mine), config.trainer.progress_bar, ranks.rank, ranks.world_size)
+    trainer = config.trainer
+    progress = JobProgress(len(mine), trainer.progress_bar, ranks.rank, ranks.world_size, trainer.log_every_n_steps)
     progress.bar.update(len(mine) - len(pending))
     logger = None
     if pending:

@@ -18,9 +18,14 @@ SHOWN_LOSSES = 3
 class JobProgress(L.Callback):
     """The job's bar; as a callback of each stage Trainer it shows the running step and its loss terms."""
 
-    def __init__(self, total: int, enabled: bool = True, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, total: int, enabled: bool = True, rank: int = 0, world_size: int = 1, every_n_steps: int = 1
+    ) -> None:
         label = "photos" if world_size == 1 else f"photos (rank {rank}/{world_size})"
         self.bar = tqdm(total=total, desc=label, unit="photo", disable=not enabled, position=rank, dynamic_ncols=True)
+        self.enabled = enabled
+        # Reading a loss for display copies it from the GPU (a host sync): done only every this many steps.
+        self.every_n_steps = every_n_steps
         self.photo = ""
         self.latest: dict[str, float] = {}
 
@@ -39,7 +44,10 @@ class JobProgress(L.Callback):
         self.bar.close()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        """After every optimisation step: stage name, step / max steps and the logged loss terms."""
+        """Every ``every_n_steps`` optimisation steps (and the last): stage, step / max steps, the loss terms."""
+        step = trainer.global_step
+        if not self.enabled or (step % self.every_n_steps and step != trainer.max_steps):
+            return
         losses = {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if "loss" in k}
         self.latest = dict(sorted(losses.items())[:SHOWN_LOSSES])
         stage = STAGE_NAMES.get(type(pl_module).__name__, type(pl_module).__name__)

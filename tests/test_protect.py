@@ -113,3 +113,32 @@ def test_jpeg_on_request(faces_dir: Path, tmp_path: Path) -> None:
 
 def test_impersonation_needs_a_target() -> None:
     assert main(["protect", "x.jpg", "--out", "/tmp/nowhere", *TINY, "protect.mode=impersonate"]) == 2
+
+
+def test_changed_stage_one_settings_never_reuse_a_stale_artifact(faces_dir: Path, tmp_path: Path) -> None:
+    """Stage-1 artifacts are keyed by their settings: a changed ``pivot.steps`` recomputes stage 1.
+
+    Rerunning into the same ``--out`` needs ``--restart`` (a changed config is refused), which discards every stage
+    state; stages copied into another job (``bench_protect --stages-from``) keep their key and are not reused.
+    """
+    photo = tmp_path / "dorsey.jpg"
+    shutil.copy(faces_dir / "jack_dorsey" / "img17.jpg", photo)
+    out, copy = tmp_path / "out", tmp_path / "copy"
+
+    def stage_one(out_dir: Path) -> tuple[list[str], float]:
+        artifacts = sorted(p.stem for p in (out_dir / ".stages").glob("*.json"))
+        record = json.loads(next(out_dir.glob("dorsey-*.json")).read_text())
+        return artifacts, record["faces"][0]["stage1"]["steps"]
+
+    assert main(["protect", str(photo), "--out", str(out), *TINY]) == 0  # smoke: pivot.steps=3
+    [first], steps = stage_one(out)
+    assert steps == 3
+
+    shutil.copytree(out / ".stages", copy / ".stages")
+    assert main(["protect", str(photo), "--out", str(copy), *TINY, "pivot.steps=4"]) == 0
+    artifacts, steps = stage_one(copy)
+    assert steps == 4 and len(artifacts) == 2 and first in artifacts  # recomputed next to the stale one
+
+    assert main(["protect", str(photo), "--out", str(out), *TINY, "pivot.steps=4", "--restart"]) == 0
+    artifacts, steps = stage_one(out)
+    assert steps == 4 and first not in artifacts and len(artifacts) == 1  # --restart cleared the old stage state

@@ -20,6 +20,10 @@ from facecloak.errors import ConfigError
 
 MANIFEST_NAME = "job.json"
 ENTRIES_DIR = ".job"
+STAGE_DIR_NAME = ".stages"
+"""Per-face stage state (stage-1 artifacts, MAP checkpoints) a rerun resumes from."""
+JOB_STATE = (ENTRIES_DIR, STAGE_DIR_NAME)
+"""Everything ``--restart`` discards: the per-photo entries and every stage's stored state."""
 DONE, FAILED, PENDING = "done", "failed", "pending"
 
 
@@ -78,7 +82,8 @@ class JobManifest:
             return cls(path, fingerprint)
         manifest = cls(path, fingerprint)
         if restart:
-            shutil.rmtree(manifest.entries_dir, ignore_errors=True)
+            for name in JOB_STATE:
+                shutil.rmtree(out_dir / name, ignore_errors=True)
         write_json_atomic(path, {"fingerprint": fingerprint, "entries": ENTRIES_DIR})
         return manifest
 

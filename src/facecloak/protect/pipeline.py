@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from facecloak.config.compose import resolve_data_path
+from facecloak.config.compose import resolve_data_path, to_plain
 from facecloak.config.schema import AppConfig, GeneratorSettings
 from facecloak.errors import FacecloakError, NoFaceError
 from facecloak.faces.align import AlignedFace, align_ffhq, transform_points
@@ -164,6 +164,20 @@ class PhotoJob:
         return job_trainer_kwargs(self.config.trainer, self.device, self.logger, self.callbacks)
 
 
+def stage_one_settings(config: AppConfig, base_fingerprint: str, encoder: bool) -> dict[str, Any]:
+    """Every setting a face's stage-1 result (pivot and tuned generator) depends on, for its artifact's key."""
+    plain = to_plain(config)
+    return {
+        "pivot": plain["pivot"],
+        "generator": plain["generator"],  # weights, shape, inversion choice and the projector's settings
+        "faces": plain["faces"],  # detection and alignment decide the crop that is inverted
+        "precision": plain["trainer"]["precision"],
+        "seed": plain["seed"],
+        "encoder": encoder,  # "auto" inverts with e4e only when its checkpoint is present
+        "base": base_fingerprint,
+    }
+
+
 class FaceInverter(PhotoJob):
     """Stage 1 for full photos: detector, base generator and encoder, loaded once per job."""
 
@@ -174,7 +188,7 @@ class FaceInverter(PhotoJob):
         logger: Any = None,
         callbacks: list[Any] | None = None,
     ) -> None:
-        from facecloak.stages.artifacts import base_fingerprint
+        from facecloak.stages.artifacts import base_fingerprint, settings_key
 
         super().__init__(config, stage_dir, logger, callbacks)
         self.generator, self.latent_avg = build_generator(config.generator)
@@ -183,6 +197,7 @@ class FaceInverter(PhotoJob):
             self.notes.append(NO_FACE_PRIOR_NOTE)
         self.encoder = self._encoder()
         self.fingerprint = base_fingerprint(self.generator)
+        self.stage_one_key = settings_key(stage_one_settings(config, self.fingerprint, self.encoder is not None))
 
     def _encoder(self) -> torch.nn.Module | None:
         """e4e when asked for or available for the FFHQ generator; otherwise the optimisation projector."""
@@ -229,11 +244,12 @@ class FaceInverter(PhotoJob):
         from facecloak.stages.pivot_tuning import tune_images
         from facecloak.stages.tuned_generator import apply_deltas
 
+        artifact_id = f"{face_id}-{self.stage_one_key}"  # another pivot/generator/alignment setting: another file
         if self.stage_dir is not None:
             try:
-                return load_artifact(self.stage_dir, face_id, self.generator, self.fingerprint)
+                return load_artifact(self.stage_dir, artifact_id, self.generator, self.fingerprint)
             except FacecloakError:
-                pass  # no complete artifact yet: run the stage
+                pass  # no complete artifact for these settings yet: run the stage
         pivot, noise = self.invert(work)
         [result] = tune_images(
             self.generator,
@@ -246,8 +262,8 @@ class FaceInverter(PhotoJob):
             perceptual=self.perceptual(self.config.pivot.perceptual),
         )
         if self.stage_dir is not None and self.config.protect.keep_stage_checkpoints:
-            save_artifact(self.stage_dir, result, self.generator, self.fingerprint)
-            return load_artifact(self.stage_dir, face_id, self.generator, self.fingerprint)
+            save_artifact(self.stage_dir, replace(result, image_id=artifact_id), self.generator, self.fingerprint)
+            return load_artifact(self.stage_dir, artifact_id, self.generator, self.fingerprint)
         return StageTwoInputs(
             face_id, result.pivot, result.noise, apply_deltas(self.generator, result.deltas), result.metrics
         )

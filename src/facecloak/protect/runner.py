@@ -19,12 +19,19 @@ import torch
 from facecloak.config.compose import to_plain
 from facecloak.config.schema import AppConfig
 from facecloak.errors import FacecloakError
-from facecloak.protect.job import DONE, FAILED, JobManifest, config_fingerprint, file_sha256, write_json_atomic
+from facecloak.protect.job import (
+    DONE,
+    FAILED,
+    STAGE_DIR_NAME,
+    JobManifest,
+    config_fingerprint,
+    file_sha256,
+    write_json_atomic,
+)
 from facecloak.protect.pipeline import image_id_for
 
 log = logging.getLogger(__name__)
 SUMMARY_NAME = "summary.json"
-STAGE_DIR_NAME = ".stages"
 
 
 def result_affecting_config(config: AppConfig) -> dict[str, Any]:

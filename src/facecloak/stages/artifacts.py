@@ -10,6 +10,10 @@ Stage 2 gets exactly the generator stage 1 measured: pivot tuning defines the tu
 ``base + float(fp16(delta))`` (:func:`facecloak.stages.tuned_generator.apply_deltas`), and loading applies the same
 function to the stored fp16 offsets. An offset is only meaningful for the base it was taken from, so the artifact
 records a SHA-256 fingerprint of every base tensor and loading refuses any other base.
+
+A result also depends on the settings that produced it (pivot tuning, the generator and its projector, face
+alignment, precision): callers name an artifact by the face *and* :func:`settings_key` of those settings, so a run
+with other settings never picks up a stale result (it computes and stores its own).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -61,6 +66,11 @@ def base_fingerprint(generator: Generator) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+def settings_key(settings: Mapping[str, Any]) -> str:
+    """Short hash of every setting a stage-1 result depends on (plain values; key order does not matter)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _check_id(image_id: str) -> str:

@@ -74,9 +74,16 @@ class FRConfig:
     far_levels: list[float] = field(default_factory=lambda: list(DEFAULT_FAR_LEVELS))
     # Thresholds calibrated with `facecloak fr calibrate` (JSON); published ones come from the registry.
     calibration: str | None = None
+    # How the attack's face crops are made: align5 warps each face onto the model's five-point template (ours);
+    # box cuts the source photo's MTCNN box (margin 0) from the render and resizes it (CLIP2Protect, AMT-GAN's
+    # thresholds were computed that way; facecloak.faces.box_crop). Judging the saved photo always aligns.
+    preprocess: str = "align5"
 
     def __post_init__(self) -> None:
+        from facecloak.losses.identity import FR_PREPROCESSING
         from facecloak.registry.entries import get_entry
+
+        _require(self.preprocess in FR_PREPROCESSING, "fr.preprocess", f"must be one of {FR_PREPROCESSING}")
 
         for key in ("attacked", "held_out"):
             for name in getattr(self, key):
@@ -141,6 +148,8 @@ class ProtectSettings:
     # delta: add (protected render - pivot reconstruction) to the original photo, keeping every detail the
     # generator cannot reproduce; replace: paste the protected render itself.
     paste: str = "delta"
+    # Also write each face's raw protected render (<id>_face<k>_render.png): CLIP2Protect's result is that render.
+    save_render: bool = False
     feather: float = 0.05
     output_format: str = "png"
     jpeg_quality: int = 95
@@ -152,7 +161,10 @@ class ProtectSettings:
         _require(self.method in METHODS, "protect.method", f"must be one of {METHODS}")
         _require(self.mode in PROTECT_MODES, "protect.mode", f"must be one of {PROTECT_MODES}")
         _require(
-            self.mode == "dodge" or self.target is not None, "protect.target", "impersonation needs a target photo"
+            self.mode == "dodge" or self.target is not None,
+            "protect.target",
+            "impersonation needs a target photo: pass --target PHOTO (preset paper reproduces CLIP2Protect, which "
+            "impersonates; preset clip2protect_photo dodges without a target)",
         )
         _require(0 < self.far < 1, "protect.far", "must be in (0, 1)")
         _require(self.paste in PASTE_MODES, "protect.paste", f"must be one of {PASTE_MODES}")
@@ -256,6 +268,13 @@ class AppConfig:
             self.device == "cpu" or self.device.startswith(("cuda", "mps")),
             "device",
             "must be 'cpu', 'cuda', 'cuda:N' or 'mps'",
+        )
+        _require(
+            self.protect.mode == "impersonate"
+            or self.search.dodge_objective != "source_minus_target"
+            or self.protect.target is not None,
+            "search.dodge_objective",
+            "source_minus_target (CLIP2Protect's dodging) needs a target photo: pass --target PHOTO",
         )
         # MAP's identity objective is the job's protect.mode; an explicit, different map.identity_mode is refused.
         if self.map.identity_mode != self.protect.mode:

@@ -55,13 +55,23 @@ from torch.utils.data import DataLoader, IterableDataset
 from facecloak.config.strict import from_plain_dict
 from facecloak.errors import ConfigError
 from facecloak.evaluation.robustness import DegradationConfig, RandomDegradation
+from facecloak.losses.clip_infonce import CLIP_INPUT_RANGES, InfoNCECLIPLoss
 from facecloak.losses.clip_loss import (
+    CLIP_TEMPLATE_SETS,
     DEFAULT_DISTORTION_SCALE,
     DEFAULT_SOURCE_TEXT,
     DirectionalCLIPLoss,
     load_clip_loss,
 )
-from facecloak.losses.identity import MODES, AdversarialIdentityLoss, IdentityReference, Mode, passes_thresholds
+from facecloak.losses.identity import (
+    DODGE_OBJECTIVES,
+    ENSEMBLE_REDUCTIONS,
+    MODES,
+    AdversarialIdentityLoss,
+    IdentityReference,
+    Mode,
+    passes_thresholds,
+)
 from facecloak.models.stylegan2 import Generator
 
 # --- configuration ---------------------------------------------------------------------------------------------------
@@ -110,7 +120,10 @@ class LatentSearchConfig:
     """Adam learning rate for latents and noise."""
     steps: int = 50
     layers: tuple[int, ...] | None = None
-    """Trainable W+ slots; None: :func:`default_layers` of the generator."""
+    """Trainable W+ slots; None: :func:`default_layers` of the generator, ``n_latent // 2 - 1`` onward. For the
+    18-slot FFHQ generator that is the reference's 8–17 (it zeroes the gradient of slots ``0:8``, a fixed index);
+    on smaller generators we keep the same *half* of the slots (4–9 of 10), where the reference's fixed ``8:``
+    would leave only 8–9. Set the list to choose any slots (the golden parity test uses ``[8, 9]``)."""
     optimize_noise: bool = True
     noise_max_resolution: int = REFERENCE_NOISE_MAX_RESOLUTION
     """Noise maps up to this side are optimised (with ``optimize_noise``); larger ones stay fixed."""
@@ -146,6 +159,19 @@ class LatentSearchConfig:
     """Random-perspective strength on the CLIP branch; None turns the augmentation off."""
     clip_num_augmentations: int = 1
     """Augmented views per image on the CLIP branch (reference ``--num_aug``)."""
+    clip_loss: str = "directional"
+    """``infonce`` (the reference's code, τ = 0.1, :mod:`facecloak.losses.clip_infonce`) or ``directional``
+    (1 − cos of image and text directions, StyleGAN-NADA)."""
+    clip_templates: str = "imagenet80"
+    """Prompt templates the text side averages over: ``official79`` (the reference's list) or ``imagenet80``."""
+    clip_input_range: str = "fixed"
+    """``official``: CLIP sees [0, 1] renders squeezed into [0.5, 1] as in the reference (a bug, kept for exact
+    reproduction; infonce only); ``fixed``: [0, 1] normalised once."""
+    ensemble_reduce: str = "mean"
+    """How per-model identity terms combine: ``sum`` (the reference) or ``mean`` (= sum / number of models)."""
+    dodge_objective: str = "source"
+    """Dodging: ``source`` = cos(x, source) per model; ``source_minus_target`` = cos(x, source) − cos(x, target)
+    (the reference, needs a target photo)."""
     fr_degradation: DegradationConfig | None = None
     """Expectation over transformation on the face-recognition branch; None: the clean render."""
     seed: int = 0
@@ -189,6 +215,17 @@ class LatentSearchConfig:
             raise ConfigError(
                 f"latent_search.clip_distortion_scale must be in (0, 1] or null, got {self.clip_distortion_scale}"
             )
+        for key, allowed in (
+            ("clip_loss", ("infonce", "directional")),
+            ("clip_templates", tuple(CLIP_TEMPLATE_SETS)),
+            ("clip_input_range", CLIP_INPUT_RANGES),
+            ("ensemble_reduce", ENSEMBLE_REDUCTIONS),
+            ("dodge_objective", DODGE_OBJECTIVES),
+        ):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"latent_search.{key}={getattr(self, key)!r} must be one of {list(allowed)}")
+        if self.clip_input_range == "official" and self.clip_loss != "infonce":
+            raise ConfigError("latent_search.clip_input_range=official reproduces the reference's infonce loss only")
         if not self.makeup_prompt.strip():
             raise ConfigError("latent_search.makeup_prompt must not be empty")
         if not 0 <= self.seed <= MAX_SEED:
@@ -204,13 +241,23 @@ class LatentSearchConfig:
         return from_plain_dict(cls, values, "latent_search")
 
 
-ClipFactory = Callable[[LatentSearchConfig], DirectionalCLIPLoss]
+ClipObjective = DirectionalCLIPLoss | InfoNCECLIPLoss
+ClipFactory = Callable[[LatentSearchConfig], ClipObjective]
 
 
-def load_clip_for(config: LatentSearchConfig) -> DirectionalCLIPLoss:
+def load_clip_for(config: LatentSearchConfig) -> ClipObjective:
     """The real CLIP makeup loss (OpenAI ViT-B/32 from the registry) for a stage-2 config."""
+    templates = CLIP_TEMPLATE_SETS[config.clip_templates]
+    if config.clip_loss == "infonce":
+        from facecloak.losses.clip_infonce import load_infonce_loss
+
+        return load_infonce_loss(config, templates)
     return load_clip_loss(
-        config.makeup_prompt, config.source_text, config.clip_distortion_scale, config.clip_num_augmentations
+        config.makeup_prompt,
+        config.source_text,
+        config.clip_distortion_scale,
+        config.clip_num_augmentations,
+        templates=templates,
     )
 
 
@@ -248,7 +295,7 @@ class FrozenNetworks:
 
     generators: list[Generator]
     identity: AdversarialIdentityLoss
-    clip: DirectionalCLIPLoss | None
+    clip: ClipObjective | None
     reference: IdentityReference
 
     def to(self, device: torch.device) -> FrozenNetworks:
@@ -256,13 +303,7 @@ class FrozenNetworks:
         for net in (*self.generators, self.identity, self.clip):
             if net is not None:
                 net.to(device).eval().requires_grad_(False)
-
-        def move(embeddings: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
-            return None if embeddings is None else {k: v.to(device) for k, v in embeddings.items()}
-
-        source = move(self.reference.source)
-        assert source is not None
-        self.reference = IdentityReference(source=source, target=move(self.reference.target))
+        self.reference = self.reference.to(device)
         return self
 
 

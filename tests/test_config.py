@@ -29,7 +29,8 @@ def test_default_config_composes() -> None:
 def test_every_shipped_config_file_parses_against_the_schema(group: str, option: str) -> None:
     from facecloak.config.compose import GLOBAL_GROUPS
 
-    cfg = compose([f"{group}={option}"])
+    # Impersonation presets (paper, paper_exact) need a target photo, as a user gives with --target.
+    cfg = compose([f"{group}={option}", "protect.target=t.jpg"])
     # Global groups (presets) set values across sections; the others fill their own section.
     assert cfg is not None if group in GLOBAL_GROUPS else getattr(cfg, group) is not None
 
@@ -60,11 +61,26 @@ def test_bad_config_fails_naming_the_key(override: str, message: str) -> None:
 
 
 def test_presets_set_values_across_sections() -> None:
-    offline, paper = compose(["preset=offline"]), compose(["preset=paper"])
+    offline, paper = compose(["preset=offline"]), compose(["preset=paper", "protect.target=t.jpg"])
     assert offline.generator.weights is None and offline.search.lambda_clip == 0.0
     assert paper.generator.weights == "stylegan2_ffhq_1024" and paper.search.lambda_clip == 0.3
     assert paper.fr.held_out == ["facenet"]
-    assert compose(["preset=paper", "search.steps=7"]).search.steps == 7  # overrides win over presets
+    assert compose(["preset=paper", "protect.target=t.jpg", "search.steps=7"]).search.steps == 7  # overrides win
+
+
+def test_paper_presets_use_the_reference_values_and_need_a_target() -> None:
+    with pytest.raises(ConfigError, match="--target"):
+        compose(["preset=paper"])
+    paper = compose(["preset=paper", "protect.target=t.jpg"])
+    exact = compose(["preset=paper_exact", "protect.target=t.jpg"])
+    official = {"clip_loss": "infonce", "clip_templates": "official79", "ensemble_reduce": "sum"}
+    for key, value in official.items():
+        assert getattr(paper.search, key) == value == getattr(exact.search, key)
+    assert paper.search.dodge_objective == "source_minus_target" and not paper.search.early_stop
+    assert (paper.fr.preprocess, paper.protect.mode, paper.protect.paste) == ("box", "impersonate", "replace")
+    assert (paper.search.clip_input_range, exact.search.clip_input_range) == ("fixed", "official")
+    photo = compose(["preset=clip2protect_photo"])
+    assert (photo.protect.mode, photo.protect.paste, photo.fr.preprocess) == ("dodge", "delta", "align5")
 
 
 def test_face_api_port_is_never_attacked_while_dlib_is_held_out() -> None:

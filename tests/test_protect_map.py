@@ -115,7 +115,7 @@ def test_bad_expression_is_a_config_error_naming_the_key(tmp_path: Path, capsys:
 
 def test_method_map_picks_the_offline_preset_without_the_score_network(capsys: pytest.CaptureFixture) -> None:
     if is_available(SCORE_NETWORK):
-        assert default_preset("map") in ("paper", "offline")
+        assert default_preset("map") in ("clip2protect_photo", "offline")
     else:
         assert default_preset("map") == "map_offline"
         assert SCORE_NETWORK in capsys.readouterr().out

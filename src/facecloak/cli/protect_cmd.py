@@ -46,7 +46,7 @@ SCORE_NETWORK = "ddpm_celebahq_256"
 
 
 def default_preset(method: str) -> str:
-    """The paper's preset when its weights are present, else the one that runs offline (said on the console).
+    """Our full-photo CLIP2Protect preset when the paper's weights are present, else the one that runs offline (said on the console).
 
     MAP without the CelebA-HQ score network runs ``map_offline``; with it, the method's full-size defaults on top of
     the preset the FR weights allow.
@@ -57,8 +57,9 @@ def default_preset(method: str) -> str:
         print(f"preset: map_offline ({SCORE_NETWORK} is not present)")
         return "map_offline"
     needed = PAPER_FR_MODELS if method == "map" else ("stylegan2_ffhq_1024", *PAPER_FR_MODELS)
-    preset = "paper" if all(is_available(m) for m in needed) else "offline"
-    print(f"preset: {preset}" + ("" if preset == "paper" else " (the paper's weights are not all present)"))
+    # clip2protect_photo: the paper's networks with our photo changes (preset=paper reproduces the paper's code).
+    preset = "clip2protect_photo" if all(is_available(m) for m in needed) else "offline"
+    print(f"preset: {preset}" + ("" if preset != "offline" else " (the paper's weights are not all present)"))
     return preset
 
 

@@ -43,9 +43,16 @@ class FRConfig:
     calibration: str | None = None
     # Which wins where a model has both (protect, evaluate and sweep all judge by it): calibrated | published.
     threshold_source: str = "calibrated"
+    # How the attack's face crops are made: align5 warps each face onto the model's five-point template (ours);
+    # box cuts the source photo's MTCNN box (margin 0) from the render and resizes it (CLIP2Protect, AMT-GAN's
+    # thresholds were computed that way; facecloak.faces.box_crop). Judging the saved photo always aligns.
+    preprocess: str = "align5"
 
     def __post_init__(self) -> None:
+        from facecloak.losses.identity import FR_PREPROCESSING
         from facecloak.registry.entries import get_entry
+
+        require(self.preprocess in FR_PREPROCESSING, "fr.preprocess", f"must be one of {FR_PREPROCESSING}")
 
         for key in ("attacked", "held_out"):
             for name in getattr(self, key):
@@ -115,6 +122,8 @@ class ProtectSettings:
     # delta: add (protected render - pivot reconstruction) to the original photo, keeping every detail the
     # generator cannot reproduce; replace: paste the protected render itself.
     paste: str = "delta"
+    # Also write each face's raw protected render (<id>_face<k>_render.png): CLIP2Protect's result is that render.
+    save_render: bool = False
     feather: float = 0.05
     output_format: str = "png"
     jpeg_quality: int = 95
@@ -125,7 +134,12 @@ class ProtectSettings:
     def __post_init__(self) -> None:
         require(self.method in METHODS, "protect.method", f"must be one of {METHODS}")
         require(self.mode in PROTECT_MODES, "protect.mode", f"must be one of {PROTECT_MODES}")
-        require(self.mode == "dodge" or self.target is not None, "protect.target", "impersonation needs a target photo")
+        require(
+            self.mode == "dodge" or self.target is not None,
+            "protect.target",
+            "impersonation needs a target photo: pass --target PHOTO (preset paper reproduces CLIP2Protect, which "
+            "impersonates; preset clip2protect_photo dodges without a target)",
+        )
         require(0 < self.far < 1, "protect.far", "must be in (0, 1)")
         require(self.paste in PASTE_MODES, "protect.paste", f"must be one of {PASTE_MODES}")
         require(0 <= self.feather < 0.5, "protect.feather", "must be in [0, 0.5)")
@@ -231,6 +245,13 @@ class AppConfig:
             self.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", self.device) is not None,
             "device",
             "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'",
+        )
+        require(
+            self.protect.mode == "impersonate"
+            or self.search.dodge_objective != "source_minus_target"
+            or self.protect.target is not None,
+            "search.dodge_objective",
+            "source_minus_target (CLIP2Protect's dodging) needs a target photo: pass --target PHOTO",
         )
         # MAP's identity objective is the job's protect.mode; an explicit, different map.identity_mode is refused.
         if self.map.identity_mode != self.protect.mode:

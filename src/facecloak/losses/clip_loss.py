@@ -144,6 +144,15 @@ IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a tattoo of the {}.",
 )
 
+EXTRA_TEMPLATE = "a photo of many {}."
+"""The one template of CLIP's list that CLIP2Protect's ``criteria/text_templates.py`` leaves out."""
+
+CLIP_TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "official79": tuple(t for t in IMAGENET_TEMPLATES if t != EXTRA_TEMPLATE),
+    "imagenet80": IMAGENET_TEMPLATES,
+}
+"""``search.clip_templates``: CLIP2Protect's 79 templates (same order), or CLIP's full list of 80."""
+
 Tokenizer = Callable[[Sequence[str]], Tensor]
 
 
@@ -403,14 +412,16 @@ def load_clip_loss(
     distortion_scale: float | None = DEFAULT_DISTORTION_SCALE,
     num_augmentations: int = 1,
     device: str | torch.device = "cpu",
+    templates: Sequence[str] = IMAGENET_TEMPLATES,
 ) -> DirectionalCLIPLoss:
-    """CLIP2Protect's makeup loss with the real OpenAI ViT-B/32 weights."""
+    """The directional makeup loss with the real OpenAI ViT-B/32 weights."""
     model, tokenizer = load_clip_model(device)
     return DirectionalCLIPLoss.from_prompt(
         model,
         tokenizer,
         prompt,
         source_text,
+        templates,
         distortion_scale=distortion_scale,
         num_augmentations=num_augmentations,
     )

@@ -4,7 +4,13 @@ Faces are cropped differentiably from the generated image onto each model's own 
 image's five landmarks), embedded by the attacked face-recognition ensemble and compared by cosine similarity:
 
 - impersonation: ``1 - cos(f(x), f(target))`` — pull the face toward the target identity;
-- dodging: ``cos(f(x), f(source))`` — push it away from the user's own identity (optionally also toward a target).
+- dodging: ``cos(f(x), f(source))`` — push it away from the user's own identity (optionally also toward a target);
+  CLIP2Protect's dodging (``dodge_objective="source_minus_target"``) is ``cos(f(x), f(source)) − cos(f(x), f(target))``.
+
+The per-model terms are combined by ``reduce``: ``"sum"`` as the CLIP2Protect reference (so λ_adv weighs the
+ensemble's total), or ``"mean"`` (ours before; equal to the sum scaled by 1/len(models)). Faces reach the models
+either aligned onto each model's template from five landmarks (``preprocess="align5"``) or as the reference's box
+crop (``preprocess="box"``, :mod:`facecloak.faces.box_crop`), the box carried by :class:`IdentityReference`.
 
 Losses are returned per image so callers can stop each image on its own once it passes its thresholds.
 """
@@ -20,11 +26,16 @@ from torch import nn
 
 from facecloak.errors import ConfigError
 from facecloak.faces.align import align_tensor
+from facecloak.faces.box_crop import crop_boxes
 from facecloak.faces.templates import get_template
 from facecloak.models.fr.zoo import FaceEmbedder
 
 Mode = Literal["dodge", "impersonate"]
 MODES: tuple[str, ...] = ("dodge", "impersonate")
+ENSEMBLE_REDUCTIONS: tuple[str, ...] = ("sum", "mean")
+DODGE_OBJECTIVES: tuple[str, ...] = ("source", "source_minus_target")
+"""``source``: cos(x, source) (ours); ``source_minus_target``: cos(x, source) − cos(x, target) (the reference)."""
+FR_PREPROCESSING: tuple[str, ...] = ("align5", "box")
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,18 @@ class IdentityReference:
 
     source: dict[str, torch.Tensor]
     target: dict[str, torch.Tensor] | None = None
+    boxes: torch.Tensor | None = None
+    """Per-image face boxes ``[B, 4]`` (x0, y0, x1, y1, image pixels) for ``preprocess="box"``: the source photo's."""
+
+    def to(self, device: torch.device | str) -> IdentityReference:
+        """The same reference on ``device``."""
+
+        def move(embeddings: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+            return None if embeddings is None else {k: v.to(device) for k, v in embeddings.items()}
+
+        source = move(self.source)
+        assert source is not None
+        return IdentityReference(source, move(self.target), None if self.boxes is None else self.boxes.to(device))
 
 
 class AdversarialIdentityLoss(nn.Module):
@@ -44,10 +67,19 @@ class AdversarialIdentityLoss(nn.Module):
         mode: Mode,
         model_weights: Sequence[float] | None = None,
         dodge_toward_target: bool = False,
+        reduce: str = "mean",
+        dodge_objective: str = "source",
+        preprocess: str = "align5",
     ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ConfigError(f"identity mode must be one of {MODES}, got '{mode}'")
+        if reduce not in ENSEMBLE_REDUCTIONS:
+            raise ConfigError(f"search.ensemble_reduce must be one of {ENSEMBLE_REDUCTIONS}, got '{reduce}'")
+        if dodge_objective not in DODGE_OBJECTIVES:
+            raise ConfigError(f"search.dodge_objective must be one of {DODGE_OBJECTIVES}, got '{dodge_objective}'")
+        if preprocess not in FR_PREPROCESSING:
+            raise ConfigError(f"fr.preprocess must be one of {FR_PREPROCESSING}, got '{preprocess}'")
         for model in models:
             if not model.differentiable:
                 raise ConfigError(f"'{model.name}' is a black-box evaluator and cannot be attacked; hold it out")
@@ -59,18 +91,28 @@ class AdversarialIdentityLoss(nn.Module):
         self.models: list[FaceEmbedder] = list(models)
         self._modules_list = nn.ModuleList(models)
         self.mode = mode
-        self.dodge_toward_target = dodge_toward_target
+        self.dodge_objective = dodge_objective
+        self.dodge_toward_target = dodge_toward_target or dodge_objective == "source_minus_target"
+        self.preprocess = preprocess
         self.model_weights: torch.Tensor
-        self.register_buffer("model_weights", torch.tensor(weights) / sum(weights), persistent=False)
+        scale = sum(weights) if reduce == "mean" else 1.0
+        self.register_buffer("model_weights", torch.tensor(weights) / scale, persistent=False)
 
     @property
     def names(self) -> list[str]:
         """Names of the attacked models, in order."""
         return [m.name for m in self.models]
 
-    def embed(self, images01: torch.Tensor, landmarks5: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Embeddings of each image's face under every attacked model (each on its own template)."""
+    def embed(
+        self, images01: torch.Tensor, landmarks5: torch.Tensor, boxes: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Embeddings of each image's face under every attacked model (its template, or the box crop)."""
         out = {}
+        if self.preprocess == "box":
+            if boxes is None:
+                raise ConfigError("fr.preprocess=box needs each image's face box (IdentityReference.boxes)")
+            crops = crop_boxes(images01, boxes)
+            return {m.name: torch.cat([m(crop) for crop in crops]) for m in self.models}
         for model in self.models:
             crops = align_tensor(images01, landmarks5, get_template(model.template))
             out[model.name] = model(crops)
@@ -86,7 +128,7 @@ class AdversarialIdentityLoss(nn.Module):
         self, images01: torch.Tensor, landmarks5: torch.Tensor, reference: IdentityReference
     ) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
         """Per-image loss ``[B]`` and the similarities it came from (``{"source": {...}, "target": {...}}``)."""
-        embeddings = self.embed(images01, landmarks5)
+        embeddings = self.embed(images01, landmarks5, reference.boxes)
         sims = {"source": self.similarities(embeddings, reference.source)}
         needs_target = self.mode == "impersonate" or self.dodge_toward_target
         if needs_target:
@@ -100,6 +142,8 @@ class AdversarialIdentityLoss(nn.Module):
                 term = term + sims["source"][name]
             if needs_target:
                 term = term + (1.0 - sims["target"][name])
+            if self.mode == "dodge" and self.dodge_objective == "source_minus_target":
+                term = term - 1.0  # cos(x, s) + (1 − cos(x, t)) − 1: the reference's Σ[cos(x, s) − cos(x, t)]
             per_model.append(term)
         loss = (torch.stack(per_model, dim=1) * self.model_weights.to(images01)).sum(dim=1)
         return loss, sims

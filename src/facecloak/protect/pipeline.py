@@ -118,6 +118,8 @@ class FaceProtection:
     """Face area in crop pixels (0/1): the only part paste-back changes; None: the whole crop."""
     record: dict[str, Any]
     """Method-specific entries of the face's record (stage metrics, similarities on the render, …)."""
+    render: np.ndarray | None = None
+    """The raw protected render (uint8), written when ``protect.save_render`` (CLIP2Protect's own result)."""
 
 
 class PhotoJob:
@@ -288,7 +290,13 @@ class PhotoProtector(PhotoJob, ABC):
         config = self.config
         self.attacked = [load_fr_model(n, config.device) for n in config.fr.attacked]
         self.held_out = [load_fr_model(n, config.device) for n in config.fr.held_out]
-        self.identity = AdversarialIdentityLoss(self.attacked, cast(Mode, config.protect.mode))
+        self.identity = AdversarialIdentityLoss(
+            self.attacked,
+            cast(Mode, config.protect.mode),
+            reduce=config.search.ensemble_reduce,
+            dodge_objective=config.search.dodge_objective,
+            preprocess=config.fr.preprocess,
+        )
         roles: dict[str, Role] = {m.name: "attacked" for m in self.attacked}
         roles.update({m.name: "held_out" for m in self.held_out})
         self.judge = FaceJudge(self.all_models, self.detector, config.faces, config.device, roles)
@@ -298,7 +306,8 @@ class PhotoProtector(PhotoJob, ABC):
             prefer=cast(Any, config.fr.threshold_source),
         )
         self.thresholds = {m.name: table.get(m.name, config.protect.far, m.entry.metric) for m in self.all_models}
-        self.target = self._target_embeddings() if config.protect.mode == "impersonate" else None
+        needs_target = config.protect.mode == "impersonate" or self.identity.dodge_toward_target
+        self.target = self._target_embeddings() if needs_target else None
 
     def _target_embeddings(self) -> dict[str, torch.Tensor]:
         assert self.config.protect.target is not None
@@ -339,8 +348,11 @@ class PhotoProtector(PhotoJob, ABC):
             raise NoFaceError(f"no face detected in {path}")
         protected = photo.rgb
         face_records = []
+        renders: dict[str, np.ndarray] = {}
         for index, face in enumerate(faces):
             result = self.protect_face(photo, face, f"{image_id}_face{index}")
+            if self.config.protect.save_render and result.render is not None:
+                renders[f"render_face{index}"] = result.render
             protected = paste_back(
                 protected,
                 result.crop,
@@ -352,6 +364,8 @@ class PhotoProtector(PhotoJob, ABC):
             )
             face_records.append({"face": index, "box": list(face.box), **result.record})
         outputs = self._write_outputs(photo, protected, image_id, out_dir)
+        for key, render in renders.items():
+            outputs[key] = save_png(out_dir / f"{image_id}_{key.removeprefix('render_')}_render.png", render)
         judged = load_photo(outputs["photo"], max_side=None)  # judge exactly what was written
         self._judge(photo, judged.rgb, faces, face_records)
         for face, face_record in zip(faces, face_records):
@@ -409,7 +423,24 @@ class Protector(FaceInverter, PhotoProtector):
         """The target's embeddings on its FFHQ-aligned crop, as the search sees faces."""
         work = self.align(photo, face)
         with torch.no_grad():
-            return self.identity.embed(work.crop01, work.landmarks5)
+            return self.identity.embed(work.crop01, work.landmarks5, self.fr_boxes(work))
+
+    def fr_boxes(self, work: AlignedWork) -> torch.Tensor | None:
+        """``fr.preprocess=box``: the detector's box on the aligned crop, as the reference runs MTCNN on it."""
+        if self.config.fr.preprocess != "box":
+            return None
+        from facecloak.faces.box_crop import boxes_tensor, detector_box
+
+        try:
+            box = detector_box(work.aligned.crop, self.detector, self.config.faces)
+        except NoFaceError:
+            # A crop too small for the detector (smoke sizes): the photo's box mapped into the crop, bounded.
+            corners = np.array([[face_x, face_y] for face_x in work.face.box[::2] for face_y in work.face.box[1::2]])
+            mapped = transform_points(work.aligned.matrix, corners)
+            side = float(work.crop01.shape[-1])
+            low, high = mapped.min(axis=0).clip(0, side), mapped.max(axis=0).clip(0, side)
+            box = (float(low[0]), float(low[1]), float(high[0]), float(high[1]))
+        return boxes_tensor([box], self.device)
 
     # --- per face ---
 
@@ -425,6 +456,7 @@ class Protector(FaceInverter, PhotoProtector):
             matrix=work.aligned.matrix,
             reference_crop=work.aligned.crop,
             face_region=work.face_region,
+            render=to_uint8(result.image),
             record={
                 "stage1": stage1.metrics,
                 "search": {
@@ -443,9 +475,10 @@ class Protector(FaceInverter, PhotoProtector):
         tuned = stage1.generator.to(self.device)
         pivot = stage1.pivot[None].to(self.device)
         noise = [n.to(self.device) for n in stage1.noise]
+        boxes = self.fr_boxes(work)
         with torch.no_grad():
-            source = self.identity.embed(work.crop01, work.landmarks5)
-        reference = IdentityReference(source=source, target=self.target)
+            source = self.identity.embed(work.crop01, work.landmarks5, boxes)
+        reference = IdentityReference(source=source, target=self.target, boxes=boxes)
         thresholds = {m.name: self.thresholds[m.name].value for m in self.attacked}
         search_config = replace(self.config.search, identity_mode=self.config.protect.mode)
         # Delta paste-back: the search judges the real crop plus the render's change, i.e. the shared pixels.

@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from facecloak.errors import ConfigError
-from facecloak.losses.clip_loss import DEFAULT_DISTORTION_SCALE, DEFAULT_SOURCE_TEXT
+from facecloak.losses.clip_infonce import CLIP_INPUT_RANGES
+from facecloak.losses.clip_loss import CLIP_TEMPLATE_SETS, DEFAULT_DISTORTION_SCALE, DEFAULT_SOURCE_TEXT
 from facecloak.losses.degrade import DegradationConfig
-from facecloak.losses.identity import MODES
+from facecloak.losses.identity import DODGE_OBJECTIVES, ENSEMBLE_REDUCTIONS, MODES
 from facecloak.validate import from_plain_dict
 
 FINE_SLOTS_BEFORE_HALF = 1
@@ -44,7 +45,10 @@ class LatentSearchConfig:
     """Adam learning rate for latents and noise."""
     steps: int = 50
     layers: tuple[int, ...] | None = None
-    """Trainable W+ slots; None: :func:`default_layers` of the generator."""
+    """Trainable W+ slots; None: :func:`default_layers` of the generator, ``n_latent // 2 - 1`` onward. For the
+    18-slot FFHQ generator that is the reference's 8–17 (it zeroes the gradient of slots ``0:8``, a fixed index);
+    on smaller generators we keep the same *half* of the slots (4–9 of 10), where the reference's fixed ``8:``
+    would leave only 8–9. Set the list to choose any slots (the golden parity test uses ``[8, 9]``)."""
     optimize_noise: bool = True
     noise_max_resolution: int = REFERENCE_NOISE_MAX_RESOLUTION
     """Noise maps up to this side are optimised (with ``optimize_noise``); larger ones stay fixed."""
@@ -80,6 +84,19 @@ class LatentSearchConfig:
     """Random-perspective strength on the CLIP branch; None turns the augmentation off."""
     clip_num_augmentations: int = 1
     """Augmented views per image on the CLIP branch (reference ``--num_aug``)."""
+    clip_loss: str = "directional"
+    """``infonce`` (the reference's code, τ = 0.1, :mod:`facecloak.losses.clip_infonce`) or ``directional``
+    (1 − cos of image and text directions, StyleGAN-NADA)."""
+    clip_templates: str = "imagenet80"
+    """Prompt templates the text side averages over: ``official79`` (the reference's list) or ``imagenet80``."""
+    clip_input_range: str = "fixed"
+    """``official``: CLIP sees [0, 1] renders squeezed into [0.5, 1] as in the reference (a bug, kept for exact
+    reproduction; infonce only); ``fixed``: [0, 1] normalised once."""
+    ensemble_reduce: str = "mean"
+    """How per-model identity terms combine: ``sum`` (the reference) or ``mean`` (= sum / number of models)."""
+    dodge_objective: str = "source"
+    """Dodging: ``source`` = cos(x, source) per model; ``source_minus_target`` = cos(x, source) − cos(x, target)
+    (the reference, needs a target photo)."""
     fr_degradation: DegradationConfig | None = None
     """Expectation over transformation on the face-recognition branch; None: the clean render."""
     seed: int = 0
@@ -121,6 +138,17 @@ class LatentSearchConfig:
             raise ConfigError(
                 f"search.clip_distortion_scale must be in (0, 1] or null, got {self.clip_distortion_scale}"
             )
+        for key, allowed in (
+            ("clip_loss", ("infonce", "directional")),
+            ("clip_templates", tuple(CLIP_TEMPLATE_SETS)),
+            ("clip_input_range", CLIP_INPUT_RANGES),
+            ("ensemble_reduce", ENSEMBLE_REDUCTIONS),
+            ("dodge_objective", DODGE_OBJECTIVES),
+        ):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"search.{key}={getattr(self, key)!r} must be one of {list(allowed)}")
+        if self.clip_input_range == "official" and self.clip_loss != "infonce":
+            raise ConfigError("search.clip_input_range=official reproduces the reference's infonce loss only")
         if not self.makeup_prompt.strip():
             raise ConfigError("search.makeup_prompt must not be empty")
         if not 0 <= self.seed <= MAX_SEED:

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from facecloak.errors import ConfigError
-from facecloak.losses.clip_loss import DirectionalCLIPLoss, load_clip_loss
+from facecloak.losses.clip_infonce import InfoNCECLIPLoss
+from facecloak.losses.clip_loss import CLIP_TEMPLATE_SETS, DirectionalCLIPLoss, load_clip_loss
 from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
 from facecloak.models.stylegan2 import Generator
 from facecloak.stages.latent_search_config import LatentSearchConfig
@@ -34,17 +35,27 @@ NOT_HYPERPARAMETERS = (
 """Arguments of the search module kept out of its saved hyperparameters (networks and tensors; the config is saved
 as a plain dict)."""
 
-ClipFactory = Callable[[LatentSearchConfig], DirectionalCLIPLoss]
+ClipObjective = DirectionalCLIPLoss | InfoNCECLIPLoss
+ClipFactory = Callable[[LatentSearchConfig], ClipObjective]
 
 
-def load_clip_for(config: LatentSearchConfig) -> DirectionalCLIPLoss:
+def load_clip_for(config: LatentSearchConfig) -> ClipObjective:
     """The real CLIP makeup loss (OpenAI ViT-B/32 from the registry) for a stage-2 config."""
+    templates = CLIP_TEMPLATE_SETS[config.clip_templates]
+    if config.clip_loss == "infonce":
+        from facecloak.losses.clip_infonce import load_infonce_loss
+
+        return load_infonce_loss(config, templates)
     return load_clip_loss(
-        config.makeup_prompt, config.source_text, config.clip_distortion_scale, config.clip_num_augmentations
+        config.makeup_prompt,
+        config.source_text,
+        config.clip_distortion_scale,
+        config.clip_num_augmentations,
+        templates=templates,
     )
 
 
-def build_clip(config: LatentSearchConfig, clip_factory: ClipFactory | None) -> DirectionalCLIPLoss | None:
+def build_clip(config: LatentSearchConfig, clip_factory: ClipFactory | None) -> ClipObjective | None:
     """The CLIP makeup loss when ``lambda_clip > 0`` (never built otherwise), checked to target the config's prompt."""
     if config.lambda_clip <= 0:
         return None
@@ -85,7 +96,7 @@ class FrozenNetworks:
 
     generators: list[Generator]
     identity: AdversarialIdentityLoss
-    clip: DirectionalCLIPLoss | None
+    clip: ClipObjective | None
     reference: IdentityReference
 
     def to(self, device: torch.device) -> FrozenNetworks:
@@ -93,13 +104,7 @@ class FrozenNetworks:
         for net in (*self.generators, self.identity, self.clip):
             if net is not None:
                 net.to(device).eval().requires_grad_(False)
-
-        def move(embeddings: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
-            return None if embeddings is None else {k: v.to(device) for k, v in embeddings.items()}
-
-        source = move(self.reference.source)
-        assert source is not None
-        self.reference = IdentityReference(source=source, target=move(self.reference.target))
+        self.reference = self.reference.to(device)
         return self
 
 

@@ -28,7 +28,8 @@ from facecloak.models.fr.zoo import FaceEmbedder
 from facecloak.models.stylegan2 import Generator, GeneratorConfig
 from facecloak.paths import golden_dir, shared_root
 from facecloak.registry.entries import get_entry
-from facecloak.stages.latent_search import TRAINER_DEFAULTS, AdversarialLatentSearch, fit_quietly
+from facecloak.stages.fit import TRAINER_DEFAULTS, quiet_fit, steps_loader
+from facecloak.stages.latent_search import AdversarialLatentSearch
 from golden_utils import detweights
 
 pytestmark = [pytest.mark.golden, pytest.mark.slow]
@@ -179,7 +180,7 @@ def run_facecloak(golden: dict[str, np.ndarray], fr_models: dict[str, FaceEmbedd
     )
     module.recorded, module.grads, module.after = [], [], []
     trainer = L.Trainer(**{**TRAINER_DEFAULTS, "accelerator": "cpu", "max_steps": steps})
-    fit_quietly(trainer, module)
+    quiet_fit(trainer, module, steps_loader(module.config.steps))
     return module
 
 

@@ -78,7 +78,7 @@ def run_invert(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def run_tune(args: argparse.Namespace, overrides: list[str]) -> int:
-    """Invert and pivot-tune each face; writes stage-2 artifacts (keyed by face id), reconstructions, metrics."""
+    """Invert and pivot-tune each face; writes stage-2 artifacts (keyed by face and settings) and reconstructions."""
     from facecloak.protect.pipeline import FaceInverter
 
     inverter = FaceInverter(compose(overrides), stage_dir=args.out)

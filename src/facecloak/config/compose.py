@@ -57,7 +57,7 @@ def _load_option(
     """One group file with its ``defaults`` list applied: same-group bases merged first, other groups selected."""
     node = _load_yaml(config_dir / group / f"{option}.yaml")
     where = f"{group}/{option}.yaml"
-    merged = OmegaConf.create()
+    merged: DictConfig = OmegaConf.create()
     for item in node.pop("defaults", []):
         base_group, base = (group, str(item)) if isinstance(item, str) else next(iter(dict(item).items()))
         base_group, base = str(base_group), str(base)
@@ -67,7 +67,7 @@ def _load_option(
         if base_group == group:
             if base == option or base in seen:
                 raise ConfigError(f"{where}: defaults entry '{base}' includes itself ({' -> '.join((*seen, option))})")
-            merged = OmegaConf.merge(merged, _load_option(config_dir, group, base, groups, chosen, (*seen, option)))
+            merged.merge_with(_load_option(config_dir, group, base, groups, chosen, (*seen, option)))
         elif group not in GLOBAL_GROUPS:
             raise ConfigError(f"{where}: only presets select other groups; '{base_group}: {base}' cannot be used here")
         elif base_group not in chosen:

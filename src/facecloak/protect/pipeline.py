@@ -174,6 +174,7 @@ def stage_one_settings(config: AppConfig, base_fingerprint: str, encoder: bool) 
         "generator": plain["generator"],  # weights, shape, inversion choice and the projector's settings
         "faces": plain["faces"],  # detection and alignment decide the crop that is inverted
         "precision": plain["trainer"]["precision"],
+        "deterministic": plain["trainer"]["deterministic"],
         "seed": plain["seed"],
         "encoder": encoder,  # "auto" inverts with e4e only when its checkpoint is present
         "base": base_fingerprint,

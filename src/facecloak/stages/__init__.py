@@ -1,1 +1,1 @@
-"""The Lightning layer: optimisation stages as LightningModules and the per-image artifacts they hand on."""
+"""The optimisation stages: each LightningModule with its Lightning-free config and data, and their plumbing."""

@@ -2,9 +2,10 @@
 
 The numbers in ``golden_data/paper_step.npz`` were recorded by ``scripts/make_golden_paper_step.py`` running the
 official code (``Adversarial_Opt.run``) on CPU with deterministic weights (``$FACECLOAK_SHARED/golden/detweights.py``)
-for a narrow 64 px StyleGAN2 with 512-d styles, the four AMT-GAN FR networks and CLIP ViT-B/32. Here the same weights are rebuilt,
-facecloak's search runs with the preset's values (the reference's fixed W+ slots ``8:`` of this 10-slot generator
-set explicitly), and every recorded loss term, gradient and updated code is compared. No reference code is needed.
+for a narrow 64 px StyleGAN2 with 512-d styles, the four AMT-GAN FR networks and CLIP ViT-B/32. Here the same
+weights are rebuilt, facecloak's search runs with the preset's values (the reference's fixed W+ slots ``8:`` of
+this 10-slot generator set explicitly), and every recorded loss term, gradient and updated code is compared. No
+reference code is needed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from golden_utils import detweights
 from torch import Tensor
 
 from facecloak.config.compose import compose
@@ -30,6 +30,7 @@ from facecloak.models.stylegan2 import Generator, GeneratorConfig
 from facecloak.paths import golden_dir, shared_root
 from facecloak.registry.entries import get_entry
 from facecloak.stages.latent_search import TRAINER_DEFAULTS, AdversarialLatentSearch, fit_quietly
+from golden_utils import detweights
 
 pytestmark = [pytest.mark.golden, pytest.mark.slow]
 
@@ -113,10 +114,8 @@ def run_facecloak(golden: dict[str, np.ndarray], fr_models: dict[str, FaceEmbedd
     import open_clip
 
     steps, seed, image_id = int(golden["steps"]), int(golden["seed"]), str(golden["image_id"])
-    config = compose(
-        ["preset=paper_exact", "protect.target=t.jpg", f"search.steps={steps}", f"search.seed={seed}"]
-        + [f"search.layers={REFERENCE_SLOTS}"]
-    )
+    overrides = ["preset=paper_exact", "protect.target=t.jpg", f"search.steps={steps}", f"search.seed={seed}"]
+    config = compose([*overrides, f"search.layers={REFERENCE_SLOTS}"])
     generator = Generator(GeneratorConfig(64, 512, 2, channel_base=2048, channel_max=32))
     keys = {k: {"shape": list(v.shape), "dtype": "float32"} for k, v in generator.state_dict().items()}
     generator.load_state_dict(detweights().deterministic_state_dict(keys, 0), strict=True)
@@ -137,8 +136,12 @@ def run_facecloak(golden: dict[str, np.ndarray], fr_models: dict[str, FaceEmbedd
         source = identity.embed(source01, landmarks, boxes)
         target = {m.name: m(target01) for m in attacked}
     for name, embedding in source.items():
-        rel_close(embedding, golden[f"source_embedding/{name}"] / np.linalg.norm(golden[f"source_embedding/{name}"]),
-                  LOSS_RTOL, f"source embedding {name}")
+        rel_close(
+            embedding,
+            golden[f"source_embedding/{name}"] / np.linalg.norm(golden[f"source_embedding/{name}"]),
+            LOSS_RTOL,
+            f"source embedding {name}",
+        )
 
     clip_model = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True)
     keys = {k: {"shape": list(v.shape), "dtype": "float32"} for k, v in clip_model.state_dict().items()}

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from golden_utils import detweights
 from PIL import Image
 
 from facecloak.cli.main import main
 from facecloak.models.fr import zoo
 from facecloak.models.stylegan2 import Generator, GeneratorConfig, save_stylegan2_checkpoint
 from facecloak.paths import golden_dir
+from golden_utils import detweights
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,10 @@ FR_FILES = {"ir152": "fr_ir152", "irse50": "fr_irse50", "mobile_face": "fr_mobil
 
 
 def _recipe(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    keys = {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in module.state_dict().items()}
+    keys = {
+        k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+        for k, v in module.state_dict().items()
+    }
     return detweights().deterministic_state_dict(keys, 0)
 
 

@@ -134,7 +134,7 @@ def run_facecloak(golden: dict[str, np.ndarray], fr_models: dict[str, FaceEmbedd
     target01 = torch.from_numpy(golden["target_uint8"]).permute(2, 0, 1)[None].float()[..., y0:y1, x0:x1] / 255
     with torch.no_grad():
         source = identity.embed(source01, landmarks, boxes)
-        target = {m.name: m(target01) for m in attacked}
+        target = {m.name: m(target01, range_first=True) for m in attacked}
     for name, embedding in source.items():
         rel_close(
             embedding,
@@ -234,6 +234,6 @@ def test_golden_paper_box_crop_on_a_real_face(
     crop01 = crop_box(torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255, box.tolist())
     for name, model in fr_models.items():
         with torch.no_grad():
-            embedding = model(crop01)[0]
+            embedding = model(crop01, range_first=True)[0]
         reference = golden[f"real_face_embedding/{name}"][0]
         rel_close(embedding, reference / np.linalg.norm(reference), LOSS_RTOL, f"box-crop embedding {name}")

@@ -112,7 +112,7 @@ class AdversarialIdentityLoss(nn.Module):
             if boxes is None:
                 raise ConfigError("fr.preprocess=box needs each image's face box (IdentityReference.boxes)")
             box_crops = crop_boxes(images01, boxes)
-            return {m.name: torch.cat([m(crop) for crop in box_crops]) for m in self.models}
+            return {m.name: torch.cat([m(crop, range_first=True) for crop in box_crops]) for m in self.models}
         for model in self.models:
             crops = align_tensor(images01, landmarks5, get_template(model.template))
             out[model.name] = model(crops)

@@ -36,6 +36,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,11 @@ def golden_state(folder: str) -> dict[str, torch.Tensor]:
 
 
 def generator_state() -> dict[str, torch.Tensor]:
-    """Deterministic weights of the narrow 64 px generator with the reference's 512-d styles (its step hard-codes
-    ``torch.zeros(8, 512)``), in facecloak's key order, which the golden stylegan2 test proves equals the reference's."""
+    """Deterministic weights of the narrow 64 px generator with the reference's 512-d styles.
+
+    (Its step hard-codes ``torch.zeros(8, 512)``.) Keys in facecloak's order, which the golden stylegan2 test proves
+    equals the reference's.
+    """
     from facecloak.models.stylegan2 import Generator, GeneratorConfig
 
     model = Generator(GeneratorConfig(*GENERATOR_SHAPE, channel_base=2048, channel_max=32))
@@ -155,9 +159,11 @@ class Recorder:
     def __init__(self) -> None:
         self.steps: list[dict[str, np.ndarray]] = []
         self.source_embeddings: dict[str, np.ndarray] = {}
+        self.step_ends: list[float] = []
+        """perf_counter() after each optimizer step (for scripts/bench_paper_step.py)."""
 
 
-def run_reference(reference: Path) -> tuple[dict[str, np.ndarray], Recorder]:
+def run_reference(reference: Path, steps: int = STEPS) -> tuple[dict[str, np.ndarray], Recorder]:
     from facecloak.stages.latent_search import image_rng
 
     sys.path.insert(0, str(reference))
@@ -270,14 +276,16 @@ def run_reference(reference: Path) -> tuple[dict[str, np.ndarray], Recorder]:
             record["latent_after"] = params[0].detach().numpy().copy()
             for i, p in enumerate(params[1:]):
                 record[f"noise_after_{i}"] = p.detach().numpy().copy()
+            recorder.step_ends.append(time.perf_counter())
             return out
 
+    real_adam = torch.optim.Adam
     torch.optim.Adam = RecordingAdam  # type: ignore[misc]
     args = argparse.Namespace(
         num_aug=1,
         source_text="face",
         makeup_prompt="red lipstick",
-        steps=STEPS,
+        steps=steps,
         target_choice="2",
         model=HELD_OUT,
         impersonate=True,
@@ -293,8 +301,11 @@ def run_reference(reference: Path) -> tuple[dict[str, np.ndarray], Recorder]:
         noise_path=str(tmp / "noises.pt"),
     )
     opt = adv.Adversarial_Opt(args)
+    recorder.step_ends.append(time.perf_counter())  # the first step's start (after set-up)
     opt.run()
     torch.load = real_load  # type: ignore[assignment]
+    torch.optim.Adam = real_adam  # type: ignore[misc]
+    transforms.RandomPerspective.get_params = staticmethod(original_get_params)  # type: ignore[method-assign]
     adv.Adversarial_Opt.get_source_embedding = get_source
     real_face = box_crop_reference(opt, adv)
     return {**inputs, **real_face}, recorder

@@ -2,9 +2,10 @@
 
 The numbers in ``golden_data/paper_step.npz`` were recorded by ``scripts/make_golden_paper_step.py`` running the
 official code (``Adversarial_Opt.run``) on CPU with deterministic weights (``$FACECLOAK_SHARED/golden/detweights.py``)
-for a narrow 64 px StyleGAN2 with 512-d styles, the four AMT-GAN FR networks and CLIP ViT-B/32. Here the same weights are rebuilt,
-facecloak's search runs with the preset's values (the reference's fixed W+ slots ``8:`` of this 10-slot generator
-set explicitly), and every recorded loss term, gradient and updated code is compared. No reference code is needed.
+for a narrow 64 px StyleGAN2 with 512-d styles, the four AMT-GAN FR networks and CLIP ViT-B/32. Here the same
+weights are rebuilt, facecloak's search runs with the preset's values (the reference's fixed W+ slots ``8:`` of
+this 10-slot generator set explicitly), and every recorded loss term, gradient and updated code is compared. No
+reference code is needed.
 """
 
 from __future__ import annotations
@@ -114,10 +115,8 @@ def run_facecloak(golden: dict[str, np.ndarray], fr_models: dict[str, FaceEmbedd
     import open_clip
 
     steps, seed, image_id = int(golden["steps"]), int(golden["seed"]), str(golden["image_id"])
-    config = compose(
-        ["preset=paper_exact", "protect.target=t.jpg", f"search.steps={steps}", f"search.seed={seed}"]
-        + [f"search.layers={REFERENCE_SLOTS}"]
-    )
+    overrides = ["preset=paper_exact", "protect.target=t.jpg", f"search.steps={steps}", f"search.seed={seed}"]
+    config = compose([*overrides, f"search.layers={REFERENCE_SLOTS}"])
     generator = Generator(GeneratorConfig(64, 512, 2, channel_base=2048, channel_max=32))
     keys = {k: {"shape": list(v.shape), "dtype": "float32"} for k, v in generator.state_dict().items()}
     generator.load_state_dict(detweights().deterministic_state_dict(keys, 0), strict=True)
@@ -136,7 +135,7 @@ def run_facecloak(golden: dict[str, np.ndarray], fr_models: dict[str, FaceEmbedd
     target01 = torch.from_numpy(golden["target_uint8"]).permute(2, 0, 1)[None].float()[..., y0:y1, x0:x1] / 255
     with torch.no_grad():
         source = identity.embed(source01, landmarks, boxes)
-        target = {m.name: m(target01) for m in attacked}
+        target = {m.name: m(target01, range_first=True) for m in attacked}
     for name, embedding in source.items():
         rel_close(
             embedding,
@@ -236,6 +235,6 @@ def test_golden_paper_box_crop_on_a_real_face(
     crop01 = crop_box(torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255, box.tolist())
     for name, model in fr_models.items():
         with torch.no_grad():
-            embedding = model(crop01)[0]
+            embedding = model(crop01, range_first=True)[0]
         reference = golden[f"real_face_embedding/{name}"][0]
         rel_close(embedding, reference / np.linalg.norm(reference), LOSS_RTOL, f"box-crop embedding {name}")

@@ -46,7 +46,7 @@ SCORE_NETWORK = "ddpm_celebahq_256"
 
 
 def default_preset(method: str) -> str:
-    """Our full-photo CLIP2Protect preset when the paper's weights are present, else the one that runs offline (said on the console).
+    """Our full-photo CLIP2Protect preset when the paper's weights are present, else the offline one (on the console).
 
     MAP without the CelebA-HQ score network runs ``map_offline``; with it, the method's full-size defaults on top of
     the preset the FR weights allow.

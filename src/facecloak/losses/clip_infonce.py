@@ -25,7 +25,8 @@ from a per-image ``torch.Generator``, so a fixed seed reproduces a reference run
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol, cast
 
 import torch
@@ -41,6 +42,22 @@ from facecloak.losses.clip_loss import (
     Tokenizer,
     resize_for_clip,
 )
+
+
+@contextmanager
+def reference_attention_kernels() -> Iterator[None]:
+    """Attention without PyTorch's inference fast path, as in the reference (its CLIP weights require grad).
+
+    The fast path (taken under ``no_grad`` for frozen weights) rounds differently; with it off, text and image
+    embeddings equal the reference's bit for bit on the same weights.
+    """
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+
 
 INFONCE_TEMPERATURE = 0.1
 """Temperature of the reference's InfoNCE (``criteria/infonce.py`` default)."""
@@ -128,7 +145,8 @@ class InfoNCECLIPLoss(nn.Module):
     def _encode(self, tokenizer: Tokenizer, text: str, templates: Sequence[str]) -> Tensor:
         device = next(self.model.parameters()).device
         tokens = tokenizer([t.format(text) for t in templates]).to(device)
-        features = cast(ClipEncoders, self.model).encode_text(tokens).float()
+        with reference_attention_kernels():
+            features = cast(ClipEncoders, self.model).encode_text(tokens).float()
         return features / features.norm(dim=-1, keepdim=True)
 
     def train(self, mode: bool = True) -> InfoNCECLIPLoss:
@@ -145,7 +163,7 @@ class InfoNCECLIPLoss(nn.Module):
             scale = size / min(height, width)
             new_h, new_w = max(size, int(height * scale)), max(size, int(width * scale))
             x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
-            top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+            top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
             x = x[..., top : top + size, left : left + size]
         else:
             x = resize_for_clip(images01, self.preprocessing.size)
@@ -153,7 +171,8 @@ class InfoNCECLIPLoss(nn.Module):
 
     def image_features(self, images01: Tensor) -> Tensor:
         """Unit image embeddings ``[B, E]``."""
-        features = cast(ClipEncoders, self.model).encode_image(self.preprocess(images01)).float()
+        with reference_attention_kernels():
+            features = cast(ClipEncoders, self.model).encode_image(self.preprocess(images01)).float()
         return features / features.clone().norm(dim=-1, keepdim=True)
 
     @torch.no_grad()
@@ -201,11 +220,16 @@ class InfoNCECLIPLoss(nn.Module):
 
 
 class _InfoNCESettings(Protocol):
-    makeup_prompt: str
-    source_text: str
-    clip_distortion_scale: float | None
-    clip_num_augmentations: int
-    clip_input_range: str
+    @property
+    def makeup_prompt(self) -> str: ...
+    @property
+    def source_text(self) -> str: ...
+    @property
+    def clip_distortion_scale(self) -> float | None: ...
+    @property
+    def clip_num_augmentations(self) -> int: ...
+    @property
+    def clip_input_range(self) -> str: ...
 
 
 def load_infonce_loss(

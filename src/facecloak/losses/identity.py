@@ -111,8 +111,8 @@ class AdversarialIdentityLoss(nn.Module):
         if self.preprocess == "box":
             if boxes is None:
                 raise ConfigError("fr.preprocess=box needs each image's face box (IdentityReference.boxes)")
-            crops = crop_boxes(images01, boxes)
-            return {m.name: torch.cat([m(crop) for crop in crops]) for m in self.models}
+            box_crops = crop_boxes(images01, boxes)
+            return {m.name: torch.cat([m(crop, range_first=True) for crop in box_crops]) for m in self.models}
         for model in self.models:
             crops = align_tensor(images01, landmarks5, get_template(model.template))
             out[model.name] = model(crops)

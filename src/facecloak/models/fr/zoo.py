@@ -20,11 +20,26 @@ from facecloak.registry.entries import ModelEntry, entries_of_kind, get_entry
 from facecloak.registry.store import resolve
 
 
-def _to_network_input(x01: torch.Tensor, entry: ModelEntry) -> torch.Tensor:
-    """Apply the registry preprocessing to RGB crops in [0, 1] (already aligned to the model's template)."""
+def _to_network_input(x01: torch.Tensor, entry: ModelEntry, range_first: bool = False) -> torch.Tensor:
+    """Apply the registry preprocessing to RGB crops in [0, 1] (already aligned to the model's template).
+
+    ``range_first``: map the value range before the resize, as CLIP2Protect's box crop does. The result differs only
+    by rounding, but rounding decides which side of a ReLU kink a near-zero unit falls, and so the gradient.
+    """
     pre = entry.preprocessing
-    if pre.input_size is not None and tuple(x01.shape[-2:]) != tuple(pre.input_size):
-        x01 = F.interpolate(x01, size=tuple(pre.input_size), mode="bilinear", align_corners=False, antialias=False)
+    size = None if pre.input_size is None else tuple(pre.input_size)
+    resize = size is not None and tuple(x01.shape[-2:]) != size
+    if range_first:
+        mean = x01.new_tensor(pre.mean[: x01.shape[1]]).view(1, -1, 1, 1)
+        std = x01.new_tensor(pre.std[: x01.shape[1]]).view(1, -1, 1, 1)
+        x = (x01 * pre.scale - mean) / std
+        if size is not None and resize:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+        if pre.color != "RGB" or pre.layout == "NHWC":
+            raise ConfigError(f"'{entry.name}' needs {pre.color}/{pre.layout} input; the box crop feeds RGB NCHW")
+        return x
+    if size is not None and resize:
+        x01 = F.interpolate(x01, size=size, mode="bilinear", align_corners=False, antialias=False)
     if pre.color == "BGR":
         x01 = x01.flip(1)
     elif pre.color == "GREY":
@@ -69,9 +84,9 @@ class FaceEmbedder(nn.Module):
             out = torch.cat([out, self.network(x.flip(width_axis))], dim=1)
         return out.flatten(1)
 
-    def forward(self, faces01: torch.Tensor) -> torch.Tensor:
-        """Embed aligned RGB crops in [0, 1], ``[B, 3, H, W]``; returns ``[B, D]``."""
-        out = self.embed_network_input(_to_network_input(faces01, self.entry))
+    def forward(self, faces01: torch.Tensor, range_first: bool = False) -> torch.Tensor:
+        """Embed aligned RGB crops in [0, 1], ``[B, 3, H, W]``; returns ``[B, D]`` (``range_first``: see below)."""
+        out = self.embed_network_input(_to_network_input(faces01, self.entry, range_first))
         return F.normalize(out, dim=1) if self.entry.preprocessing.embedding_norm == "l2" else out
 
 
@@ -85,7 +100,7 @@ class BlackBoxEmbedder(FaceEmbedder):
         self._embed_uint8 = embed_uint8
 
     @torch.no_grad()
-    def forward(self, faces01: torch.Tensor) -> torch.Tensor:
+    def forward(self, faces01: torch.Tensor, range_first: bool = False) -> torch.Tensor:
         """Quantise to uint8 HWC as the black box expects, embed each face (unit norm unless the entry says none)."""
         size = self.entry.preprocessing.input_size
         if size is not None and tuple(faces01.shape[-2:]) != tuple(size):

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from facecloak.errors import ConfigError, ImageError
+from facecloak.io.files import user_file_mode
 
 # Longer side beyond which photos are downscaled on load; large enough for any face detector and
 # generator we use, small enough that a 100-megapixel panorama does not exhaust memory.
@@ -41,7 +42,6 @@ ALPHA_BACKGROUND = (255, 255, 255)
 DEFAULT_JPEG_QUALITY = 95
 EXIF_ORIENTATION_TAG = 0x0112
 SIXTEEN_BIT_TO_EIGHT = 257.0  # 65535 / 255
-NEW_FILE_MODE = 0o644
 
 _PIXEL_LIMIT_LOCK = threading.Lock()
 
@@ -294,7 +294,7 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, NEW_FILE_MODE)
+        os.chmod(temporary, user_file_mode())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -122,9 +122,15 @@ def _too_large(source: Path, width: int | None, height: int | None, max_pixels: 
     found = f"{width}×{height} = {width * height:,} pixels" if width and height else "its declared size"
     return ImageError(
         f"{source}: image too large: {found} exceeds the limit of {max_pixels:,} pixels "
-        "(a guard against decompression bombs); if you trust the file, raise the limit with "
-        "max_pixels=... (CLI: --max-pixels)"
+        "(a guard against decompression bombs); if you trust the file, raise the limit with the config key "
+        f"faces.max_pixels (e.g. faces.max_pixels={_suggested_limit(width, height, max_pixels)})"
     )
+
+
+def _suggested_limit(width: int | None, height: int | None, max_pixels: int) -> int:
+    """A round limit above the photo's pixel count (or twice the current one when the size is unknown)."""
+    needed = width * height if width and height else 2 * max_pixels
+    return int(-(-needed // 10_000_000) * 10_000_000)
 
 
 def _open_checked(source: Path, max_pixels: int) -> Image.Image:

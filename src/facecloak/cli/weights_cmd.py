@@ -62,7 +62,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _file_state(file: WeightsFile, cache_dir: Path | None, hashes: dict[str, list]) -> str:
-    """present / missing / corrupt, hashing a file only when it changed since the last listing."""
+    """The file's state (present, missing or corrupt), hashing a file only when it changed since the last listing."""
     path = locate_file(file, cache_dir)
     if path is None:
         return "missing"

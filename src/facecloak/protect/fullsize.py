@@ -39,9 +39,7 @@ def working_copy(full: Photo, max_side: int = DEFAULT_MAX_SIDE) -> Photo:
 
 def scale_face(face: Face, factor: float) -> Face:
     """A face found on the working copy, in the full photo's pixels."""
-    return replace(
-        face, box=tuple(v * factor for v in face.box), landmarks5=np.asarray(face.landmarks5) * factor
-    )  # type: ignore[arg-type]
+    return replace(face, box=tuple(v * factor for v in face.box), landmarks5=np.asarray(face.landmarks5) * factor)  # type: ignore[arg-type]
 
 
 def paste_change_full(full_rgb: np.ndarray, work_rgb: np.ndarray, protected_work: np.ndarray) -> np.ndarray:

@@ -332,6 +332,7 @@ class PhotoProtector(PhotoJob, ABC):
         faces = [scale_face(f, full.size[1] / photo.size[1]) for f in faces] if photo is not full else faces
         for face, face_record in zip(faces, face_records):
             face_record["box"] = [round(float(v), 1) for v in face.box]
+        notes = list(photo.notes)  # the working copy's: says when the photo was protected at a smaller size
         photo = full
         outputs = self._write_outputs(photo, protected, image_id, out_dir)
         judged = load_photo(outputs["photo"], max_side=None, max_pixels=self.config.faces.max_pixels)
@@ -341,7 +342,7 @@ class PhotoProtector(PhotoJob, ABC):
         record = {
             "image_id": image_id,
             "source": str(path),
-            "notes": list(photo.notes) + face_notes(faces, len(found), self.config.protect.max_faces) + self.notes,
+            "notes": notes + face_notes(faces, len(found), self.config.protect.max_faces) + self.notes,
             "faces_found": len(found),
             "faces": face_records,
             "outputs": {k: str(v) for k, v in outputs.items()},

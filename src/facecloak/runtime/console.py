@@ -20,6 +20,7 @@ CHATTY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch
 # Warnings that say nothing a facecloak user can act on.
 NOISE_WARNINGS = (
     r".*torch\.utils\._pytree\._register_pytree_node.* is deprecated.*",
+    r".*isinstance\(treespec, LeafSpec\).* is deprecated.*",
     r".*does not have many workers.*",
     r".*The number of training batches .* is smaller than the logging interval.*",
 )
@@ -41,6 +42,32 @@ class _BarSafeHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
 
 
+def _own_or_important(record: logging.LogRecord) -> bool:
+    """Libraries reset their loggers' levels on import (Lightning sets INFO): filter at the handler instead."""
+    return record.name.split(".")[0] == "facecloak" or record.levelno >= logging.WARNING
+
+
+class _FilteredLogger(logging.Logger):
+    """A library logger whose own handlers get the same filter (``lightning`` adds a handler of its own on import)."""
+
+    def addHandler(self, hdlr: logging.Handler) -> None:  # noqa: N802 (logging's name)
+        """Attach the handler behind the filter."""
+        hdlr.addFilter(_own_or_important)
+        super().addHandler(hdlr)
+
+
+def _quiet_library_loggers() -> None:
+    """Filter the library loggers' own handlers, those added later (on import) and those already there."""
+    previous = logging.getLoggerClass()
+    logging.setLoggerClass(_FilteredLogger)
+    try:
+        for name in CHATTY_LOGGERS:
+            for handler in logging.getLogger(name).handlers:
+                handler.addFilter(_own_or_important)
+    finally:
+        logging.setLoggerClass(previous)
+
+
 class _FacecloakFormatter(logging.Formatter):
     """Plain lines for information, a ``warning:``/``error:`` prefix where the user must look."""
 
@@ -57,14 +84,15 @@ def configure_console(verbose: bool = False) -> None:
     """Default: facecloak's lines and the progress bar; ``verbose``: every library's logs and warnings too."""
     handler = _BarSafeHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(VERBOSE_FORMAT) if verbose else _FacecloakFormatter(LOG_FORMAT))
+    if not verbose:
+        handler.addFilter(_own_or_important)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.getLogger("facecloak").setLevel(logging.DEBUG if verbose else logging.INFO)
     if verbose:
         return
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    _quiet_library_loggers()
     for pattern in NOISE_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     for key, value in WANDB_QUIET_ENV.items():

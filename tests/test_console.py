@@ -103,6 +103,20 @@ def test_tiny_face_is_flagged(job: dict) -> None:
         assert "faces.min_face_size" in " ".join(summary["failed"].values())
 
 
+def test_group_selfie_faces_cut_by_the_edge_are_found(faces_dir: Path) -> None:
+    from facecloak.config.compose import compose
+    from facecloak.faces.crops import detect_with_config, detector_from_config
+    from facecloak.io.images import load_photo
+
+    photo = load_photo(faces_dir / "_multi" / "selfie-many-people.jpg")
+    config = compose([])
+    detector = detector_from_config(config.faces)
+    found = detect_with_config(photo.rgb, detector, config.faces)
+    without = detect_with_config(photo.rgb, detector, compose(["faces.edge_pass=false"]).faces)
+    assert len(found) >= 6 > len(without)
+    assert any(face.box[2] > photo.size[1] - 1 for face in found)  # the face cut by the right edge
+
+
 def test_changed_configuration_names_the_keys(tmp_path: Path) -> None:
     JobManifest.open(tmp_path, "aaaa", config={"search": {"lambda_adv": 0.7, "steps": 3}})
     with pytest.raises(ConfigError, match=r"search\.lambda_adv: 0\.7 -> 0\.5") as caught:

@@ -85,12 +85,11 @@ def _load_hash_cache(cache_dir: Path) -> dict[str, list]:
 
 
 def _save_hash_cache(cache_dir: Path, hashes: dict[str, list]) -> None:
-    """Kept beside the weights, and only where that folder already exists (a listing creates no folders)."""
-    if cache_dir.is_dir():
-        from facecloak.protect.job import write_json_atomic
+    """Kept in the weights cache (the folder facecloak owns for weights; never the working directory)."""
+    from facecloak.protect.job import write_json_atomic
 
-        with contextlib.suppress(OSError):
-            write_json_atomic(cache_dir / HASH_CACHE_NAME, hashes)
+    with contextlib.suppress(OSError):
+        write_json_atomic(cache_dir / HASH_CACHE_NAME, hashes)
 
 
 def _fetch(args: argparse.Namespace) -> int:

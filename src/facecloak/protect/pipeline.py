@@ -227,9 +227,12 @@ class FaceInverter(PhotoJob):
 
         if self.stage_dir is not None:
             try:
-                return load_artifact(self.stage_dir, face_id, self.generator, self.fingerprint)
+                resumed = load_artifact(self.stage_dir, face_id, self.generator, self.fingerprint)
             except FacecloakError:
                 pass  # no complete artifact yet: run the stage
+            else:
+                log.info("%s: resuming from its stage-1 checkpoint (inversion and pivot tuning done)", face_id)
+                return resumed
         pivot, noise = self.invert(work)
         [result] = tune_images(
             self.generator,

@@ -7,8 +7,10 @@ import io
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +233,19 @@ def test_max_pixels_hint_names_the_config_key(tmp_path: Path, faces_dir: Path) -
     assert main(["protect", photo, "--out", str(out), *TINY, "faces.max_pixels=100000"]) == 1
     [error] = json.loads((out / "summary.json").read_text())["failed"].values()
     assert "faces.max_pixels=" in error and "--max-pixels" not in error
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_job_says_what_is_kept(faces_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "facecloak.cli.main", "protect", str(faces_dir / "jack_dorsey" / "img16.jpg")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([*command, "--out", str(out), *TINY], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not (out / ".stages").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # a stage has started writing: the job is inside a Lightning fit or about to be
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 130, stderr[-2000:]
+    assert f"interrupted: finished photos and stage checkpoints are kept in {out}" in stderr
+    assert "rerun the same command to resume" in stderr and "Traceback" not in stderr

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from facecloak.errors import ConfigError, ImageError
-from facecloak.io.files import user_file_mode
+from facecloak.filemode import user_file_mode
 
 # Longer side beyond which photos are downscaled on load; large enough for any face detector and
 # generator we use, small enough that a 100-megapixel panorama does not exhaust memory.

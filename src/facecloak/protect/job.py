@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from facecloak.errors import ConfigError
-from facecloak.io.files import user_file_mode
+from facecloak.filemode import user_file_mode
 
 MANIFEST_NAME = "job.json"
 ENTRIES_DIR = ".job"

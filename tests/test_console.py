@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from facecloak.cli.main import main
 from facecloak.errors import ConfigError, MissingWeightsError
 from facecloak.protect.job import JobManifest, write_json_atomic
 from facecloak.registry.entries import get_entry
+from facecloak.runtime.console import release_console
 from test_protect import TINY
 
 SCREEN_LINES = 40
@@ -48,7 +48,7 @@ def job(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             paths = [inputs / "grey16.png", inputs / "big.png", inputs / "tiny.png", inputs / "grey16.png"]
             code = main(["protect", *map(str, paths), "--out", str(out), *TINY[:2]])
-    logging.getLogger().handlers.clear()  # the CLI's handler wrote to the redirected stream
+    release_console()  # the CLI's handler wrote to the redirected stream
     records = {p.stem.split("-")[0]: json.loads(p.read_text()) for p in out.glob("*-*.json")}
     return {
         "code": code,
@@ -249,3 +249,25 @@ def test_ctrl_c_during_a_job_says_what_is_kept(faces_dir: Path, tmp_path: Path) 
     assert process.returncode == 130, stderr[-2000:]
     assert f"interrupted: finished photos and stage checkpoints are kept in {out}" in stderr
     assert "rerun the same command to resume" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_console_keeps_facecloak_lines_and_hides_library_chatter_unless_verbose(verbose: bool) -> None:
+    import logging
+    import warnings
+
+    from facecloak.runtime.console import configure_console
+
+    stream = io.StringIO()
+    with contextlib.redirect_stderr(stream), warnings.catch_warnings():
+        configure_console(verbose=verbose)
+        pytree = [f for f in warnings.filters if f[0] == "ignore" and f[1] and f[1].match("`isinstance(treespec, LeafSpec)` is deprecated")]
+        try:
+            logging.getLogger("lightning.pytorch.utilities.rank_zero").info("GPU available: False, used: False")
+            logging.getLogger("facecloak.protect.runner").info("dorsey.jpg: 1 face(s) found")
+        finally:
+            release_console()
+    shown = stream.getvalue()
+    assert "dorsey.jpg: 1 face(s) found" in shown
+    assert ("GPU available" in shown) == verbose
+    assert bool(pytree) != verbose  # the `_pytree` deprecation warning is ignored unless -v

@@ -80,6 +80,13 @@ class _FacecloakFormatter(logging.Formatter):
         return message
 
 
+def release_console() -> None:
+    """Remove the handler :func:`configure_console` installed (for callers that run commands in-process)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _BarSafeHandler)]:
+        root.removeHandler(handler)
+
+
 def configure_console(verbose: bool = False) -> None:
     """Default: facecloak's lines and the progress bar; ``verbose``: every library's logs and warnings too."""
     handler = _BarSafeHandler(sys.stderr)
@@ -87,7 +94,9 @@ def configure_console(verbose: bool = False) -> None:
     if not verbose:
         handler.addFilter(_own_or_important)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    for previous in [h for h in root.handlers if isinstance(h, _BarSafeHandler)]:
+        root.removeHandler(previous)  # a second call (tests run many commands) replaces the first one's handler
+    root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.getLogger("facecloak").setLevel(logging.DEBUG if verbose else logging.INFO)
     if verbose:

@@ -261,7 +261,8 @@ def test_console_keeps_facecloak_lines_and_hides_library_chatter_unless_verbose(
     stream = io.StringIO()
     with contextlib.redirect_stderr(stream), warnings.catch_warnings():
         configure_console(verbose=verbose)
-        pytree = [f for f in warnings.filters if f[0] == "ignore" and f[1] and f[1].match("`isinstance(treespec, LeafSpec)` is deprecated")]
+        message = "`isinstance(treespec, LeafSpec)` is deprecated"
+        pytree = [f for f in warnings.filters if f[0] == "ignore" and f[1] and f[1].match(message)]
         try:
             logging.getLogger("lightning.pytorch.utilities.rank_zero").info("GPU available: False, used: False")
             logging.getLogger("facecloak.protect.runner").info("dorsey.jpg: 1 face(s) found")

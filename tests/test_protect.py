@@ -92,10 +92,13 @@ def test_record_judges_every_model_on_the_saved_file(job: dict) -> None:
 def test_rerun_resumes_without_redoing_and_refuses_a_changed_config(job: dict, capsys) -> None:
     record_path = next(job["out"].glob("dorsey-*.json"))
     stamp = record_path.stat().st_mtime_ns
+    capsys.readouterr()
     assert main(["protect", str(job["photo"]), "--out", str(job["out"]), *TINY]) == 0
     assert record_path.stat().st_mtime_ns == stamp
+    assert "1 of 1 photo(s) already protected" in capsys.readouterr().err
     assert main(["protect", str(job["photo"]), "--out", str(job["out"]), *TINY, "search.lambda_adv=0.5"]) == 2
-    assert "different configuration" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "different configuration" in err and "search.lambda_adv: 0.7 -> 0.5" in err
 
 
 def test_jpeg_on_request(faces_dir: Path, tmp_path: Path) -> None:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from facecloak.config.compose import compose
-from facecloak.config.schema import METHODS
 from facecloak.errors import ConfigError
+from facecloak.protect.inputs import check_out_dir, check_target, expand_photos
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (also the job's resume state)")
     parser.add_argument(
         "--method",
-        choices=METHODS,
+        metavar="METHOD",
         help="clip2protect: adversarial makeup (default); map: an identity change carried by a facial expression",
     )
     parser.add_argument("--prompt", help="makeup text prompt for the CLIP loss, e.g. 'red lipstick'")
@@ -25,20 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=Path, help="impersonate the person in this photo (default: dodging)")
     parser.add_argument("--preset", help="configuration preset (configs/preset/NAME.yaml), e.g. offline or paper")
     parser.add_argument("--restart", action="store_true", help="discard a previous job in --out")
-
-
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-def expand_photos(paths: list[Path]) -> list[Path]:
-    """Folders become the photos inside them (sorted for a stable order; ids never depend on it)."""
-    out: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES))
-        else:
-            out.append(path)
-    return out
 
 
 PAPER_FR_MODELS = ("ir152", "irse50", "mobile_face", "facenet")
@@ -64,10 +48,13 @@ def default_preset(method: str) -> str:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    """Build the configuration from preset, options and overrides; run the job; print the summary."""
+    """Check the inputs, build the configuration from preset, options and overrides, run the job, say how it went."""
+    from facecloak.config.compose import compose
     from facecloak.protect.runner import run_protect_job
     from facecloak.protect.verdict_table import format_verdict_table
 
+    photos = expand_photos(args.photos)
+    check_out_dir(args.out)
     extra = [f"preset={args.preset or default_preset(args.method or 'clip2protect')}"]
     if args.method:
         extra.append(f"protect.method={args.method}")
@@ -78,13 +65,16 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.target:
         extra += ["protect.mode=impersonate", f"protect.target={args.target}"]
     config = compose(extra + overrides)
-    if args.expression and config.protect.method != "map":
-        raise ConfigError(
-            f"--expression is a MAP option; protect.method is '{config.protect.method}' (add --method map)"
-        )
-    summary = run_protect_job(expand_photos(args.photos), args.out, config, restart=args.restart)
+    method = config.protect.method
+    if args.expression and method != "map":
+        raise ConfigError(f"--expression is a MAP option; protect.method is '{method}' (add --method map)")
+    if args.prompt and method != "clip2protect":
+        raise ConfigError(f"--prompt is the makeup text of clip2protect; protect.method is '{method}' (drop --prompt)")
+    check_target(config)
+    summary = run_protect_job(photos, args.out, config, restart=args.restart)
     print(format_verdict_table(summary["verdicts"]))
-    print(json.dumps(summary["counts"]))
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(summary["counts"].items()))
+    print(f"{len(summary['photos'])} photo(s): {counts}; outputs in {args.out}")
     for image_id, error in summary["failed"].items():
         print(f"failed: {summary['photos'][image_id]}: {error}")
     if not summary["all_photos_processed"]:

@@ -177,6 +177,17 @@ def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def shown_path(path: str) -> str:
+    """A path as a report shows it: relative to the shared root or the checkout, never a machine's absolute path."""
+    from facecloak.paths import shared_root, source_checkout
+
+    resolved = Path(path).expanduser().resolve()
+    for root, label in ((shared_root(), "$FACECLOAK_SHARED"), (source_checkout(), ".")):
+        if root is not None and (resolved == root or root in resolved.parents):
+            return str(Path(label) / resolved.relative_to(root))
+    return resolved.name
+
+
 def markdown_report(report: dict[str, Any]) -> str:
     """The whole ``report.md``: settings, PSR tables, robustness, identification, quality, cost, thresholds."""
     settings = report["settings"]
@@ -189,7 +200,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         [
             "# facecloak evaluate",
             *smoke,
-            f"Dodging on {len(report['probes'])} probes from `{settings['faces_dir']}` (gallery: "
+            f"Dodging on {len(report['probes'])} probes from `{shown_path(settings['faces_dir'])}` (gallery: "
             f"{report['gallery']['n']} photos); pixel baselines at eps {settings['eps_255']:g}/255, "
             f"{settings['steps']} steps, attacking {', '.join(report['models']['attacked'])}. "
             "PSR in percent; a face is protected when its similarity is at or below the model's threshold (for a "

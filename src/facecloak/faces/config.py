@@ -14,13 +14,16 @@ class FacesConfig:
     """Face detection and alignment for full photos."""
 
     detector: str = "mtcnn"
-    # MTCNN: smallest face side in pixels, and the P/R/O-Net score thresholds (facenet-pytorch defaults).
+    # MTCNN: smallest face side in pixels (smaller faces are not searched: lower it for crowds and distant faces, at
+    # the cost of time and false detections), and the P/R/O-Net score thresholds (facenet-pytorch defaults).
     min_face_size: int = 20
     thresholds: list[float] = field(default_factory=lambda: [0.6, 0.7, 0.7])
     # Detection runs on a copy downscaled to this longest side; landmarks are mapped back to the full photo.
     detect_max_side: int = 1600
     # Photos with more pixels are refused (decompression-bomb guard); raise it for gigapixel scans.
     max_pixels: int = 100_000_000
+    # A second detection pass on the photo framed by a grey border finds faces cut by its edge (faces/crops.py).
+    edge_pass: bool = True
     # Replace the detector's five points by ones derived from dlib's 68-point predictor (eye centres from six
     # contour points each). On the shared photo set this lifts the weaker recognisers' ROC-AUC (faceres-deep
     # 0.982 -> 0.984) because MTCNN's eye points are coarse; see docs/benchmarks.md.

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from facecloak.errors import ConfigError, ImageError
+from facecloak.filemode import user_file_mode
 
 # Longer side beyond which photos are downscaled on load; large enough for any face detector and
 # generator we use, small enough that a 100-megapixel panorama does not exhaust memory.
@@ -41,7 +42,6 @@ ALPHA_BACKGROUND = (255, 255, 255)
 DEFAULT_JPEG_QUALITY = 95
 EXIF_ORIENTATION_TAG = 0x0112
 SIXTEEN_BIT_TO_EIGHT = 257.0  # 65535 / 255
-NEW_FILE_MODE = 0o644
 
 _PIXEL_LIMIT_LOCK = threading.Lock()
 
@@ -122,9 +122,15 @@ def _too_large(source: Path, width: int | None, height: int | None, max_pixels: 
     found = f"{width}×{height} = {width * height:,} pixels" if width and height else "its declared size"
     return ImageError(
         f"{source}: image too large: {found} exceeds the limit of {max_pixels:,} pixels "
-        "(a guard against decompression bombs); if you trust the file, raise the limit with "
-        "max_pixels=... (CLI: --max-pixels)"
+        "(a guard against decompression bombs); if you trust the file, raise the limit with the config key "
+        f"faces.max_pixels (e.g. faces.max_pixels={_suggested_limit(width, height, max_pixels)})"
     )
+
+
+def _suggested_limit(width: int | None, height: int | None, max_pixels: int) -> int:
+    """A round limit above the photo's pixel count (or twice the current one when the size is unknown)."""
+    needed = width * height if width and height else 2 * max_pixels
+    return int(-(-needed // 10_000_000) * 10_000_000)
 
 
 def _open_checked(source: Path, max_pixels: int) -> Image.Image:
@@ -294,7 +300,7 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, NEW_FILE_MODE)
+        os.chmod(temporary, user_file_mode())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from facecloak.errors import ConfigError
+from facecloak.filemode import user_file_mode
 
 MANIFEST_NAME = "job.json"
 ENTRIES_DIR = ".job"
@@ -36,6 +37,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
             json.dump(payload, f, indent=2, default=str)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, user_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -45,6 +47,25 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 def config_fingerprint(plain_config: dict[str, Any]) -> str:
     """Hash of everything that changes results (the output-independent resolved config)."""
     return hashlib.sha256(json.dumps(plain_config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every config key whose value differs (missing on one side shows as 'unset')."""
+    before, after = (_flatten(json.loads(json.dumps(c, default=str))) for c in (old, new))
+    return [
+        f"{key}: {before.get(key, 'unset')} -> {after.get(key, 'unset')}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key, "unset") != after.get(key, "unset")
+    ]
 
 
 def file_sha256(path: Path) -> str:
@@ -69,22 +90,33 @@ class JobManifest:
         return self.path.parent / ENTRIES_DIR
 
     @classmethod
-    def open(cls, out_dir: Path, fingerprint: str, restart: bool = False) -> JobManifest:
-        """Load the job in ``out_dir`` or start one; a different config is refused unless ``restart``."""
+    def open(
+        cls, out_dir: Path, fingerprint: str, restart: bool = False, config: dict[str, Any] | None = None
+    ) -> JobManifest:
+        """Load the job in ``out_dir`` or start one; a different config is refused unless ``restart``.
+
+        ``config`` (the result-affecting resolved config) is stored with the fingerprint, so a refusal can name the
+        keys that changed instead of showing two hashes.
+        """
         path = out_dir / MANIFEST_NAME
         if path.exists() and not restart:
             data = json.loads(path.read_text())
             if data.get("fingerprint") != fingerprint:
+                changes = changed_keys(data["config"], config) if "config" in data and config is not None else []
+                what = "; ".join(changes) if changes else f"fingerprint {data.get('fingerprint')} vs {fingerprint}"
                 raise ConfigError(
-                    f"{out_dir} holds a job run with a different configuration ({data.get('fingerprint')} vs "
-                    f"{fingerprint}); use another --out folder, or --restart to discard the old results"
+                    f"{out_dir} holds a job run with a different configuration ({what}); use another --out folder, "
+                    "or --restart to discard the old results"
                 )
             return cls(path, fingerprint)
         manifest = cls(path, fingerprint)
         if restart:
             for name in JOB_STATE:
                 shutil.rmtree(out_dir / name, ignore_errors=True)
-        write_json_atomic(path, {"fingerprint": fingerprint, "entries": ENTRIES_DIR})
+        payload: dict[str, Any] = {"fingerprint": fingerprint, "entries": ENTRIES_DIR}
+        if config is not None:
+            payload["config"] = config
+        write_json_atomic(path, payload)
         return manifest
 
     def entry(self, image_id: str) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,8 @@ probabilities are read from the original and the saved photo at this size too.""
 
 STAGE_FOLDER = "map"
 """Sub-folder of the job's stage folder holding one fine-tuning checkpoint folder per face."""
+
+log = logging.getLogger(__name__)
 
 
 def build_score_network(settings: MapSettings) -> DDPMUNet:
@@ -153,6 +156,8 @@ class MapProtector(PhotoProtector):
             self._checkpoint_dir(face_id),
             self.settings.checkpoint_every,
         )
+        if report.start_step:
+            log.info("%s: fine-tuning resumed from its checkpoint at step %d", face_id, report.start_step)
         shared, paste = self._regenerate(module, data)
         return FaceProtection(
             crop=to_uint8(paste[0]),

@@ -250,9 +250,12 @@ class FaceInverter(PhotoJob):
         artifact_id = f"{face_id}-{self.stage_one_key}"  # another pivot/generator/alignment setting: another file
         if self.stage_dir is not None:
             try:
-                return load_artifact(self.stage_dir, artifact_id, self.generator, self.fingerprint)
+                resumed = load_artifact(self.stage_dir, artifact_id, self.generator, self.fingerprint)
             except FacecloakError:
                 pass  # no complete artifact for these settings yet: run the stage
+            else:
+                log.info("%s: resuming from its stage-1 checkpoint (inversion and pivot tuning done)", face_id)
+                return resumed
         pivot, noise = self.invert(work)
         [result] = tune_images(
             self.generator,
@@ -342,11 +345,15 @@ class PhotoProtector(PhotoJob, ABC):
 
     def protect_photo(self, path: Path, image_id: str, out_dir: Path) -> dict[str, Any]:
         """Protect every face of one photo and write the protected photo, a before/after image and a record."""
+        from facecloak.protect.fullsize import keep_grey, paste_change_full, scale_face, working_copy
+
         started = time.perf_counter()
-        photo = load_photo(path, max_pixels=self.config.faces.max_pixels)
-        faces = self.faces_of(photo)
+        full = load_photo(path, max_side=None, max_pixels=self.config.faces.max_pixels)
+        photo = working_copy(full)  # networks see at most DEFAULT_MAX_SIDE; the output keeps the full size
+        found = detect_with_config(photo.rgb, self.detector, self.config.faces)
+        faces = found[: self.config.protect.max_faces]
         if not faces:
-            raise NoFaceError(f"no face detected in {path}")
+            raise NoFaceError(f"no face detected in {path}{_small_photo_hint(photo, self.config.faces.min_face_size)}")
         protected = photo.rgb
         face_records = []
         renders: dict[str, np.ndarray] = {}
@@ -363,18 +370,26 @@ class PhotoProtector(PhotoJob, ABC):
                 mask=result.face_region,
                 mode=self.config.protect.paste,
             )
-            face_records.append({"face": index, "box": list(face.box), **result.record})
+            face_records.append({"face": index, **result.record})
+        protected = keep_grey(full.rgb, paste_change_full(full.rgb, photo.rgb, protected))
+        faces = [scale_face(f, full.size[1] / photo.size[1]) for f in faces] if photo is not full else faces
+        for face, face_record in zip(faces, face_records):
+            face_record["box"] = [round(float(v), 1) for v in face.box]
+        notes = list(photo.notes)  # the working copy's: says when the photo was protected at a smaller size
+        photo = full
         outputs = self._write_outputs(photo, protected, image_id, out_dir)
         for key, render in renders.items():
             outputs[key] = save_png(out_dir / f"{image_id}_{key.removeprefix('render_')}_render.png", render)
-        judged = load_photo(outputs["photo"], max_side=None)  # judge exactly what was written
+        # judge exactly what was written
+        judged = load_photo(outputs["photo"], max_side=None, max_pixels=self.config.faces.max_pixels)
         self._judge(photo, judged.rgb, faces, face_records)
         for face, face_record in zip(faces, face_records):
             self.judge_face(photo, judged.rgb, face, face_record)
         record = {
             "image_id": image_id,
             "source": str(path),
-            "notes": list(photo.notes) + self.notes,
+            "notes": notes + face_notes(faces, len(found), self.config.protect.max_faces) + self.notes,
+            "faces_found": len(found),
             "faces": face_records,
             "outputs": {k: str(v) for k, v in outputs.items()},
             "seconds": round(time.perf_counter() - started, 2),
@@ -512,6 +527,41 @@ class Protector(FaceInverter, PhotoProtector):
         from facecloak.stages.latent_search_io import load_clip_for
 
         return self.shared_network(f"clip:{config!r}", lambda: load_clip_for(config))
+
+
+JUDGEABLE_FACE_SIDE = 32
+"""Face-recognition models look at 112-160 px crops; a face under this many pixels a side is mostly upsampling
+blur to them, so similarities measured on it say little about how it would fare at a readable size."""
+
+
+def face_notes(faces: list[Face], found: int, max_faces: int) -> list[str]:
+    """Notes about the faces: ones left unprotected by ``protect.max_faces``, ones too small to judge."""
+    notes = []
+    if found > len(faces):
+        notes.append(f"{found} faces found, only the {max_faces} largest protected (raise protect.max_faces)")
+    for index, face in enumerate(faces):
+        side = min(face.width, face.box[3] - face.box[1])
+        if side < JUDGEABLE_FACE_SIDE:
+            notes.append(
+                f"face {index} is {side:.0f} px, below the {JUDGEABLE_FACE_SIDE} px where protection can be judged: "
+                "its verdicts are unreliable"
+            )
+    return notes
+
+
+def _small_photo_hint(photo: Photo, min_face_size: int) -> str:
+    """Why a small photo may show no face: the detector skips faces under ``faces.min_face_size`` pixels."""
+    if min(photo.size) >= 4 * min_face_size:
+        return ""
+    return (
+        f" (a {photo.size[1]}×{photo.size[0]} photo: faces under faces.min_face_size={min_face_size} px are not "
+        "searched; protection cannot be judged on faces that small)"
+    )
+
+
+def _embed(model: FaceEmbedder, crop: np.ndarray, device: torch.device) -> torch.Tensor:
+    with torch.no_grad():
+        return model(to_tensor01(crop, device))[0]
 
 
 def _unmeasured(stage: str) -> AbstractContextManager[Any]:

@@ -57,10 +57,11 @@ def run_protect_job(photos: Sequence[Path], out_dir: Path, config: AppConfig, re
 
     with job_ranks(config.trainer.barrier_timeout_s) as ranks:
         out_dir.mkdir(parents=True, exist_ok=True)
-        fingerprint = config_fingerprint(result_affecting_config(config))
+        affecting = result_affecting_config(config)
+        fingerprint = config_fingerprint(affecting)
         # Rank 0 opens (or restarts) the job before any other rank reads it.
         if ranks.is_main:
-            manifest = JobManifest.open(out_dir, fingerprint, restart=restart)
+            manifest = JobManifest.open(out_dir, fingerprint, restart=restart, config=affecting)
         ranks.barrier(config.trainer.barrier_timeout_s)
         if not ranks.is_main:
             manifest = JobManifest.open(out_dir, fingerprint)
@@ -91,16 +92,21 @@ def _protect_share(
     from facecloak.runtime.trainer import build_logger, closing_logger
 
     pending = [i for i in mine if not manifest.is_done(i)]
+    if len(pending) < len(mine):
+        skipped = len(mine) - len(pending)
+        log.info("%d of %d photo(s) already protected in %s: skipping them", skipped, len(mine), out_dir)
     trainer = config.trainer
     progress = JobProgress(len(mine), trainer.progress_bar, ranks.rank, ranks.world_size, trainer.log_every_n_steps)
     progress.bar.update(len(mine) - len(pending))
     logger = None
     if pending:
-        logger = build_logger(config.logger, f"protect-{out_dir.name}-rank{ranks.rank}", to_plain(config), out_dir.name)
+        run_name = f"protect-{out_dir.name}-rank{ranks.rank}"
+        logger = build_logger(config.logger, run_name, to_plain(config), out_dir.name, default_dir=out_dir / "logs")
     try:
         with closing_logger(logger):
             # Set-up errors (missing weights, bad target photo) stop the job at once instead of failing every photo.
             protector = build_protector(config, out_dir / STAGE_DIR_NAME, logger, [progress]) if pending else None
+            shown_notes: set[str] = set()
             for index, image_id in enumerate(pending):
                 path = ids[image_id]
                 progress.start_photo(path.name)
@@ -111,12 +117,25 @@ def _protect_share(
                     outputs.update({f"{k}_sha256": file_sha256(Path(v)) for k, v in record["outputs"].items()})
                     manifest.record(image_id, DONE, source=str(path), outputs=outputs, record=f"{image_id}.json")
                     _log_photo(logger, index, record)
+                    log.info("%s", photo_line(path, record, shown_notes))
                 except FacecloakError as err:
                     log.warning("%s: %s", path, err)
                     manifest.record(image_id, FAILED, source=str(path), error=str(err))
                 progress.finish_photo()
     finally:
         progress.close()
+
+
+def photo_line(path: Path, record: dict[str, Any], shown: set[str]) -> str:
+    """One console line per finished photo: where its faces are, where the output went; each new note once."""
+    faces = record["faces"]
+    where = ", ".join("({:.0f},{:.0f})-({:.0f},{:.0f})".format(*f["box"]) for f in faces)
+    found = record.get("faces_found", len(faces))
+    line = f"{path.name}: {found} face(s) found, {len(faces)} protected at {where} -> {record['outputs']['photo']}"
+    line += f" ({record['seconds']:.0f} s)"
+    notes = [n for n in record.get("notes", []) if n not in shown]
+    shown.update(notes)
+    return "\n".join([line, *(f"  note: {note}" for note in notes)])
 
 
 def _log_photo(logger: Any, index: int, record: dict[str, Any]) -> None:

@@ -155,7 +155,7 @@ def _parse_entry(name: str, raw: dict[str, Any]) -> ModelEntry:
 def load_registry() -> dict[str, ModelEntry]:
     """Read the packaged ``weights.yaml`` once."""
     text = resources.files("facecloak.registry").joinpath("weights.yaml").read_text()
-    raw = yaml.safe_load(text)["models"]
+    raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["models"]  # libyaml: 10x faster
     return {name: _parse_entry(name, spec) for name, spec in raw.items()}
 
 

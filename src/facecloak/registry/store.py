@@ -8,6 +8,7 @@ holds a half-written or unverified file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -128,6 +129,21 @@ def install_verified(tmp: Path, file: WeightsFile, dest: Path) -> Path:
 Fetcher = Callable[[Source, Path], None]
 
 
+def _missing_dirs(folder: Path) -> list[Path]:
+    """Folders that do not exist yet, deepest first: a failed fetch removes them again."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def fetch(
     name: str,
     cache_dir: Path | None = None,
@@ -146,8 +162,13 @@ def fetch(
         if existing is not None and (file.sha256 is None or sha256_of(existing) == file.sha256):
             out.append(existing)
             continue
+        created = _missing_dirs(dest.parent)
         if archive is not None:
-            out.append(_install_from_archive(archive, file, dest))
+            try:
+                out.append(_install_from_archive(archive, file, dest))
+            except BaseException:
+                _remove_if_empty(created)
+                raise
             continue
         errors = []
         for source in file.sources:
@@ -165,6 +186,7 @@ def fetch(
                 tmp.unlink(missing_ok=True)
                 errors.append(f"{source.describe()}: {err}")
         else:
+            _remove_if_empty(created)
             raise MissingWeightsError(f"could not fetch {file.path} for '{name}':\n  " + "\n  ".join(errors))
     return out
 

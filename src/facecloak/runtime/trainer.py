@@ -66,7 +66,8 @@ class LoggerConfig:
     kind: str = "wandb"
     mode: str = "offline"
     project: str = "facecloak"
-    save_dir: str = "outputs/logs"
+    # null: the job's own folder (``--out``/logs), so a job never writes into the working directory.
+    save_dir: str | None = None
     # Face images are uploaded only when the user opts in.
     log_images: bool = False
 
@@ -106,20 +107,36 @@ def trainer_kwargs(config: TrainerConfig, logger: Any = None, max_steps: int | N
     return kwargs
 
 
-def build_logger(config: LoggerConfig, run_name: str, run_config: dict[str, Any], group: str | None = None) -> Any:
-    """A Lightning logger for one stage run, or None when logging is off."""
+def build_logger(
+    config: LoggerConfig,
+    run_name: str,
+    run_config: dict[str, Any],
+    group: str | None = None,
+    default_dir: Path | None = None,
+) -> Any:
+    """A Lightning logger for one job, or None when logging is off.
+
+    Its files go to ``logger.save_dir``, else ``default_dir`` (the job's output folder), W&B's debug logs and cache
+    included: a job leaves nothing in the working directory or the user's home.
+    """
+    from facecloak.runtime.console import wandb_settings
+
     disabled_by_env = os.environ.get("WANDB_MODE") == "disabled"
     if config.kind == "none" or (config.kind == "wandb" and (config.mode == "disabled" or disabled_by_env)):
         return None
-    save_dir = Path(config.save_dir)
+    if config.save_dir is None and default_dir is None:
+        raise ConfigError("config key 'logger.save_dir': set a folder for the logs (this command has no --out)")
+    save_dir = Path(config.save_dir) if config.save_dir is not None else Path(default_dir)  # type: ignore[arg-type]
     save_dir.mkdir(parents=True, exist_ok=True)
     if config.kind == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir=str(save_dir), name=run_name)
+    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
     logger = WandbLogger(
+        settings=wandb.Settings(**wandb_settings(save_dir.resolve())),  # type: ignore[arg-type]
         project=config.project,
         name=run_name,
         group=group,

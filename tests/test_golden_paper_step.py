@@ -221,7 +221,7 @@ def test_golden_paper_box_crop_on_a_real_face(
 ) -> None:
     from PIL import Image
 
-    from facecloak.config.schema import FacesConfig
+    from facecloak.faces.config import FacesConfig
     from facecloak.faces.box_crop import detector_box
     from facecloak.faces.crops import detector_from_config
 

@@ -15,7 +15,7 @@ from facecloak.errors import ConfigError
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "facecloak"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "paths", "validate"),
+    ("errors", "paths", "validate", "filemode"),
     ("registry", "io", "runtime"),
     ("models",),
     ("faces",),
@@ -30,12 +30,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 """Lowest first; a module may import from its own layer and the ones below, never from a layer above."""
 
-KNOWN_UPWARD: set[tuple[str, str]] = {
-    # Judging moves into verify/ (threshold table, the AppConfig-free calibration); until then these two run up.
-    ("protect.pipeline", "evaluation.psr"),
-    ("verify.calibrate", "config.schema"),
-}
-"""Upward imports being removed by the judging work (issue 14); the test fails on any other."""
+KNOWN_UPWARD: set[tuple[str, str]] = set()
+"""Upward imports tolerated for now (none: the judging work removed the last ones); the test fails on any other."""
 
 LIGHTNING_MODULES = {
     "facecloak.stages.fit",  # builds the Trainer every stage runs under
@@ -99,8 +95,8 @@ def test_no_import_runs_up_a_layer() -> None:
     assert not upward, "imports that run up a layer:\n" + "\n".join(upward)
 
 
-KNOWN_CIRCLES = [{"facecloak.evaluation.harness", "facecloak.evaluation.metered_protect"}]
-"""Import circles being removed by the judging work (issue 14); the test fails on any other."""
+KNOWN_CIRCLES: list[set[str]] = []
+"""Import circles tolerated (none since the judging work); the test fails on any."""
 
 
 def test_no_import_circles() -> None:
@@ -137,7 +133,7 @@ def test_config_layer_only_aggregates() -> None:
     """Layers below config own their config dataclasses; nothing below imports config/."""
     below = [m for m in _modules() if m != "facecloak" and _layer_of(m) < _layer_of("facecloak.config")]
     offenders = [m for m in below for i in _imports(m) if i.startswith("facecloak.config")]
-    assert offenders == ["facecloak.verify.calibrate"]  # the judging work removes this one (KNOWN_UPWARD)
+    assert offenders == []
 
 
 def test_library_imports_without_lightning_or_wandb() -> None:

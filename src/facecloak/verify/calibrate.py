@@ -27,7 +27,7 @@ from facecloak.verify.labelled import LabelledPhoto, read_labels
 from facecloak.verify.metrics import Metric, verification_report
 
 if TYPE_CHECKING:
-    from facecloak.config.schema import FacesConfig
+    from facecloak.faces.config import FacesConfig
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from facecloak.verify.metrics import FACE_RECOGNITION_TOLERANCE, Metric, compare
 from facecloak.verify.thresholds import Threshold
 
 if TYPE_CHECKING:
-    from facecloak.config.schema import FacesConfig
+    from facecloak.faces.config import FacesConfig
 
 SAME_FACE_MIN_IOU = 0.3
 """A face found on the protected photo is the protected face when its box overlaps the original's at least this

@@ -182,7 +182,7 @@ def test_a_threshold_in_another_metric_is_refused(tmp_path):
     table = build_threshold_table(["dlib_native"], calibration)
     with pytest.raises(ConfigError, match="recalibrate"):
         table.get("dlib_native", 0.01, get_entry("dlib_native").metric)
-    with pytest.raises(ConfigError, match="fr.threshold_source"):
+    with pytest.raises(ConfigError, match=r"fr\.threshold_source"):
         build_threshold_table(["dlib_native"], calibration, prefer="newest")  # type: ignore[arg-type]
 
 

@@ -116,7 +116,7 @@ def test_calibrate_cli_on_any_labelled_folder(faces_dir: Path, tmp_path: Path, c
     assert reasons["wall"] == "no face detected"
     assert report["dlib_native"]["metric"] == "euclidean" and report["mobilefacenet_casia"]["metric"] == "cosine"
     assert report["dlib_native"]["face_recognition_tolerance"]["distance"] == 0.6
-    assert out.with_suffix(".md").read_text().startswith("| model | AUC")
+    assert out.with_suffix(".md").read_text().startswith("| model | metric | AUC")
 
 
 def test_calibrate_rejects_folder_without_labels(tmp_path: Path, capsys) -> None:

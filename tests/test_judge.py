@@ -209,3 +209,12 @@ def test_console_table_and_summary_say_whether_the_photo_is_protected(job: dict)
     # A smoke run is flagged as not results, on the console, in summary.json and in the photo's record.
     assert "NOT results" in console and "NOT results" in verdicts["not_results"] and "smoke" in record
     assert summary["all_photos_processed"] and "complete" not in summary
+
+
+def test_one_config_key_orders_the_threshold_sources() -> None:
+    from facecloak.errors import ConfigError
+
+    assert compose([]).fr.threshold_source == "calibrated"
+    assert compose(["fr.threshold_source=published"]).fr.threshold_source == "published"
+    with pytest.raises(ConfigError, match=r"fr\.threshold_source"):
+        compose(["fr.threshold_source=newest"])

@@ -205,12 +205,12 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"{settings['steps']} steps, attacking {', '.join(report['models']['attacked'])}. "
             "PSR in percent; a face is protected when its similarity is at or below the model's threshold (for a "
             "model compared by distance, dlib's, when its distance is at or above it).",
-            f"## Verdicts per photo (protect's rule: against the photo's original at FAR {report.get('verdict_far')})",
-            verdicts_table(report),
             "## PSR vs the gallery (no other photo of the same person matches)",
             psr_table(report, "dodging_gallery"),
             "## PSR vs the photo's own original",
             psr_table(report, "dodging_original"),
+            f"## Verdicts per photo (protect's rule: against the photo's original at FAR {report.get('verdict_far')})",
+            verdicts_table(report),
             f"## Robustness: gallery PSR of {held_out_model(report)} at FAR {ROBUSTNESS_FAR} after each transform",
             robustness_table(report),
             "## Identification (percent of protected photos whose person is ranked within the first k)",

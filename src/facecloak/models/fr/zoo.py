@@ -30,9 +30,10 @@ def _to_network_input(x01: torch.Tensor, entry: ModelEntry, range_first: bool = 
     size = None if pre.input_size is None else tuple(pre.input_size)
     resize = size is not None and tuple(x01.shape[-2:]) != size
     if range_first:
-        mean = x01.new_tensor(pre.mean[: x01.shape[1]]).view(1, -1, 1, 1)
-        std = x01.new_tensor(pre.std[: x01.shape[1]]).view(1, -1, 1, 1)
-        x = (x01 * pre.scale - mean) / std
+        # (x - mean / scale) · (scale / std): for the paper models exactly the reference's (x - 0.5) · 2.
+        shift = x01.new_tensor([m / pre.scale for m in pre.mean[: x01.shape[1]]]).view(1, -1, 1, 1)
+        gain = x01.new_tensor([pre.scale / s for s in pre.std[: x01.shape[1]]]).view(1, -1, 1, 1)
+        x = (x01 - shift) * gain
         if size is not None and resize:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
         if pre.color != "RGB" or pre.layout == "NHWC":

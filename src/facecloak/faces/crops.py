@@ -25,6 +25,8 @@ DLIB_CHIP_PREFIX = "dlib_chip_"
 EDGE_PAD_FRACTION = 0.15
 """The edge pass's border, as a fraction of the longest side: room for the missing part of a face cut at the edge."""
 EDGE_PAD_GREY = 128
+EDGE_MARGIN_FRACTION = 0.02
+"""A face the edge pass adds must come this close to the border (fraction of the longest side)."""
 SAME_FACE_IOU = 0.3
 
 
@@ -49,7 +51,14 @@ def _edge_faces(small: np.ndarray, detector: FaceDetector, known: list[Face]) ->
     pad = round(EDGE_PAD_FRACTION * max(small.shape[:2]))
     framed = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(EDGE_PAD_GREY,) * 3)
     found = [_moved(face, shift=pad) for face in detector.detect(framed)]
-    return [f for f in found if all(box_iou(f.box, k.box) < SAME_FACE_IOU for k in known)]
+    height, width = small.shape[:2]
+    margin = EDGE_MARGIN_FRACTION * max(height, width)
+
+    def at_edge(box: tuple[float, ...]) -> bool:
+        return box[0] < margin or box[1] < margin or box[2] > width - margin or box[3] > height - margin
+
+    # Only faces at the border: the larger frame shifts the detector's pyramid, which must not change the rest.
+    return [f for f in found if at_edge(f.box) and all(box_iou(f.box, k.box) < SAME_FACE_IOU for k in known)]
 
 
 def detect_faces(

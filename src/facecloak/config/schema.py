@@ -15,6 +15,7 @@ from facecloak.runtime.trainer import LoggerConfig, TrainerConfig
 from facecloak.stages.latent_search import LatentSearchConfig
 from facecloak.stages.pivot_tuning import PivotTuningConfig
 from facecloak.stages.score_finetune import FACE_CROP_SCALE, ScoreFinetuneConfig
+from facecloak.stages.warp_attack_config import WarpAttackConfig
 
 KNOWN_DETECTORS = ("mtcnn", "scrfd")
 DEFAULT_FAR_LEVELS = (0.1, 0.01, 0.001)
@@ -94,7 +95,7 @@ class FRConfig:
         _require(all(0 < f < 1 for f in self.far_levels), "fr.far_levels", "false-accept rates must be in (0, 1)")
 
 
-METHODS = ("clip2protect", "map")
+METHODS = ("clip2protect", "map", "warp")
 INVERSIONS = ("auto", "e4e", "projector")
 PROTECT_MODES = ("dodge", "impersonate")
 PASTE_MODES = ("delta", "replace")
@@ -248,6 +249,7 @@ class AppConfig:
     search: LatentSearchConfig = field(default_factory=LatentSearchConfig)
     protect: ProtectSettings = field(default_factory=ProtectSettings)
     map: MapSettings = field(default_factory=MapSettings)
+    warp: WarpAttackConfig = field(default_factory=WarpAttackConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 

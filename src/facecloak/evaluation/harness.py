@@ -26,6 +26,7 @@ The result is plain data (``dict``) that :mod:`facecloak.evaluation.report` turn
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -68,7 +69,9 @@ log = logging.getLogger(__name__)
 
 CLEAN = "clean"
 PROTECT = "protect"
-METHODS = (CLEAN, *sorted(PIXEL_ATTACKS), PROTECT)
+WARP = "warp"
+"""``facecloak protect --method warp`` (the landmark warp), whatever method the configuration names."""
+METHODS = (CLEAN, *sorted(PIXEL_ATTACKS), PROTECT, WARP)
 ORIGINAL_DIR = "original"
 NO_TRANSFORM = "none"
 """Robustness variant name of the protected photo as saved."""
@@ -273,6 +276,10 @@ def method_runner(name: str) -> MethodFn:
         return _clean
     if name == PROTECT:
         return _protect
+    if name == WARP:
+        return lambda probes, config, settings, out: _protect(
+            probes, dataclasses.replace(config, protect=dataclasses.replace(config.protect, method=WARP)), settings, out
+        )
     return _pixel_method(name)
 
 

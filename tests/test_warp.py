@@ -142,6 +142,7 @@ def test_protect_method_warp_end_to_end_and_resumes(faces_dir: Path, tmp_path: P
 def test_evaluate_methods_warp(faces_dir: Path, tmp_path: Path, single_thread: None) -> None:
     from test_evaluate import _small_labelled_folder
 
+    (tmp_path / "faces").mkdir()
     faces = _small_labelled_folder(faces_dir, tmp_path / "faces")
     out = tmp_path / "evaluate"
     argv = ["evaluate", "--faces", str(faces), "--out", str(out), "--methods", "clean", "warp", "--n-photos", "1"]

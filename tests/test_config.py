@@ -94,6 +94,9 @@ def test_smoke_scale_shrinks_the_chosen_preset_and_keeps_the_rest(preset: str) -
         "pivot.loss_size",
         "search.steps",
         "search.layers",
+        "warp.steps",
+        "warp.work_size",
+        "warp.field_grid",
     }
     # The value overrides still win over the scale.
     assert compose([f"preset={preset}", "scale=smoke", "search.steps=5"]).search.steps == 5

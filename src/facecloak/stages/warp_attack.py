@@ -9,7 +9,7 @@ so the bound is hard) and, optionally, one Lab colour and opacity per make-up la
 
 ``L_adv`` is the shared :class:`~facecloak.losses.identity.AdversarialIdentityLoss` over the attacked ensemble,
 through the latent search's random differentiable degradations (JPEG, resize, blur) and crop jitter when configured;
-the Laplacian term is MAP's (:class:`~facecloak.losses.landmark_smoothness.LandmarkSmoothness`), in inter-ocular
+the Laplacian term is MAP's (:mod:`facecloak.losses.landmark_smoothness`), in inter-ocular
 units; the expression term is MAP's expression model. Once every attacked model passes its threshold (with the
 margin) on the clean crop, the parameters that passed are kept and the run ends.
 
@@ -35,7 +35,7 @@ from facecloak.faces.makeup import apply_makeup, bounded_colours, bounded_opacit
 from facecloak.faces.warp_field import anchor_ring, dense_field, inter_ocular, normalise_points, support_mask
 from facecloak.losses.expression import ExpressionObjective
 from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference, Mode, passes_thresholds
-from facecloak.losses.landmark_smoothness import LandmarkSmoothness
+from facecloak.losses.landmark_smoothness import laplacian_coordinates, laplacian_smoothness_loss, mesh_laplacian
 from facecloak.stages.latent_search import TRAINER_DEFAULTS, image_rng, jitter_landmarks, steps_loader
 from facecloak.stages.warp_attack_config import WarpAttackConfig
 
@@ -140,7 +140,9 @@ class WarpAttack(L.LightningModule):
         regions = len(config.regions)
         self.colour_raw = nn.Parameter(torch.zeros(1, regions, 3))
         self.opacity_raw = nn.Parameter(torch.full((1, regions), -2.0))  # a faint start with a live gradient
-        self.smoothness = LandmarkSmoothness(face.landmarks / face.iod)
+        reference = face.landmarks / face.iod
+        self.laplacian = mesh_laplacian(_separated(reference[0]))
+        self.reference_delta = laplacian_coordinates(reference, self.laplacian)
         eyes = face.landmarks[0, 42:48].mean(0) - face.landmarks[0, 36:42].mean(0)
         self.axis = eyes / eyes.norm()
         self.stopped_at = -1
@@ -194,7 +196,7 @@ class WarpAttack(L.LightningModule):
         mirrored = mirrored - 2.0 * (mirrored @ axis)[..., None] * axis
         terms = {
             "adv": adv,
-            "smooth": self.smoothness(moved),
+            "smooth": laplacian_smoothness_loss(moved, self.reference_delta, self.laplacian),
             "symmetry": (moves - mirrored).square().sum(-1).mean(-1),
             "magnitude": moves.square().sum(-1).mean(-1),
             "expression": torch.zeros_like(adv),
@@ -273,6 +275,17 @@ class WarpAttack(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """A fresh Adam over this face's displacements and make-up only."""
         return torch.optim.Adam(self.parameters(), lr=self.config.lr)
+
+
+MESH_SEPARATION = 1e-3
+"""Landmarks that coincide (a closed mouth's inner lips) are moved apart by about this many eye distances before the
+mesh is triangulated, so each keeps its neighbours; the loss itself compares the true points."""
+
+
+def _separated(points: Tensor) -> Tensor:
+    """``points`` [N, 2] with a fixed tiny offset each, so that coincident points triangulate."""
+    offsets = torch.from_numpy(np.random.default_rng(0).uniform(-1.0, 1.0, tuple(points.shape)))
+    return points + MESH_SEPARATION * offsets.to(points)
 
 
 def _plain(sims: Mapping[str, Mapping[str, Tensor]]) -> dict[str, dict[str, float]]:

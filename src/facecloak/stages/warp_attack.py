@@ -140,9 +140,9 @@ class WarpAttack(L.LightningModule):
         regions = len(config.regions)
         self.colour_raw = nn.Parameter(torch.zeros(1, regions, 3))
         self.opacity_raw = nn.Parameter(torch.full((1, regions), -2.0))  # a faint start with a live gradient
-        reference = face.landmarks / face.iod
-        self.laplacian = mesh_laplacian(_separated(reference[0]))
-        self.reference_delta = laplacian_coordinates(reference, self.laplacian)
+        shape = face.landmarks / face.iod
+        self.laplacian = mesh_laplacian(_separated(shape[0]))
+        self.reference_delta = laplacian_coordinates(shape, self.laplacian)
         eyes = face.landmarks[0, 42:48].mean(0) - face.landmarks[0, 36:42].mean(0)
         self.axis = eyes / eyes.norm()
         self.stopped_at = -1

@@ -71,7 +71,8 @@ CLEAN = "clean"
 PROTECT = "protect"
 WARP = "warp"
 """``facecloak protect --method warp`` (the landmark warp), whatever method the configuration names."""
-METHODS = (CLEAN, *sorted(PIXEL_ATTACKS), PROTECT, WARP)
+DEFAULT_METHODS = (CLEAN, *sorted(PIXEL_ATTACKS), PROTECT)
+METHODS = (*DEFAULT_METHODS, WARP)
 ORIGINAL_DIR = "original"
 NO_TRANSFORM = "none"
 """Robustness variant name of the protected photo as saved."""
@@ -92,7 +93,7 @@ the same rule the protect pipeline's own judge uses."""
 class EvaluationSettings:
     """What to evaluate: methods, how many people, the pixel baselines' budget, the robustness transforms."""
 
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     n_photos: int = 10
     eps_255: float = 8.0
     steps: int = 10

@@ -88,6 +88,7 @@ def main() -> None:
                 "quality": _face_quality(probe.rgb, protected, probe.face),
                 "quality_jpeg75": _face_quality(apply_transform("jpeg75", probe.rgb), jpeg, probe.face),
                 "seconds": record["seconds"],
+                **_warp_measures(record["faces"][0]),
             }
         )
     ok = [r for r in rows if "error" not in r]
@@ -106,6 +107,7 @@ def main() -> None:
             "quality": {m: mean(r["quality"][m] for r in ok) for m in ("psnr", "ssim", "haarpsi")},
             "quality_jpeg75": {m: mean(r["quality_jpeg75"][m] for r in ok) for m in ("psnr", "ssim", "haarpsi")},
             "seconds_per_photo": mean(r["seconds"] for r in ok),
+            **_warp_summary(ok),
         },
     }
     (args.out / "bench_protect.json").write_text(json.dumps(report, indent=2, default=float))
@@ -115,6 +117,29 @@ def main() -> None:
             f"HaarPSI {r['quality']['haarpsi']:.3f} white-box {r['white_box']}"
         )
     print(json.dumps(report["summary"], indent=2, default=float))
+
+
+def _warp_measures(face: dict) -> dict:
+    """The landmark warp's own measures (``protect.method: warp``): field size and the texture left beyond it."""
+    if "warp" not in face:
+        return {}
+    warp = face["warp"]
+    return {
+        "texture_haarpsi": warp["texture_haarpsi"],
+        "displacement_max_over_iod": warp["displacement"]["max_over_iod"],
+        "displacement_mean_over_iod": warp["displacement"]["mean_over_iod"],
+        "stopped_at": warp["stopped_at"],
+    }
+
+
+def _warp_summary(rows: list[dict]) -> dict:
+    if not rows or "texture_haarpsi" not in rows[0]:
+        return {}
+    keys = ("texture_haarpsi", "displacement_max_over_iod", "displacement_mean_over_iod")
+    summary = {key: statistics.fmean(r[key] for r in rows) for key in keys}
+    summary["texture_haarpsi_min"] = min(r["texture_haarpsi"] for r in rows)
+    summary["displacement_max_over_iod_max"] = max(r["displacement_max_over_iod"] for r in rows)
+    return summary
 
 
 if __name__ == "__main__":

@@ -126,6 +126,9 @@ def test_smoke_scale_shrinks_the_chosen_preset_and_keeps_the_rest(preset: str) -
         "map.inversion_steps",
         "map.generation_steps",
         "map.unet",
+        "warp.steps",
+        "warp.work_size",
+        "warp.field_grid",
     }
     # The value overrides still win over the scale.
     assert compose([f"preset={preset}", "scale=smoke", "search.steps=5"]).search.steps == 5

@@ -233,8 +233,8 @@ def test_golden_paper_box_crop_on_a_real_face(
 ) -> None:
     from PIL import Image
 
-    from facecloak.faces.config import FacesConfig
     from facecloak.faces.box_crop import detector_box
+    from facecloak.faces.config import FacesConfig
     from facecloak.faces.crops import detector_from_config
 
     path = shared_root() / "faces" / str(golden["real_face"])

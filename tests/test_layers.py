@@ -39,6 +39,7 @@ LIGHTNING_MODULES = {
     "facecloak.stages.pivot_tuning",
     "facecloak.stages.pixel_attack",
     "facecloak.stages.score_finetune",
+    "facecloak.stages.warp_attack",
     "facecloak.runtime.progress",  # the job's progress bar is a Lightning callback
 }
 """The only library modules that import Lightning: the LightningModules, their Trainer plumbing and one callback."""

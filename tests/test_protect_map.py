@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from facecloak.cli.main import main
-from facecloak.cli.protect_cmd import SCORE_NETWORK, default_preset
+from facecloak.cli.protect_cmd import SCORE_NETWORK, default_preset, offline_method
 from facecloak.config.compose import compose
 from facecloak.errors import ConfigError
 from facecloak.io.images import load_photo
@@ -107,17 +107,19 @@ def test_record_has_expression_and_verdicts_from_the_saved_file(job: dict) -> No
 def test_bad_expression_is_a_config_error_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(ConfigError, match=r"map\.expression.*smug.*surprised"):
         compose(["preset=map_offline", "map.expression=smug"])
-    assert main(["protect", "x.jpg", "--out", str(tmp_path), "--method", "map", "--expression", "smug"]) == 2
+    argv = ["protect", "x.jpg", "--out", str(tmp_path), "--method", "map", "--expression", "smug"]
+    assert main([*argv, "--preset", "map_offline"]) == 2
     assert "map.expression" in capsys.readouterr().err
     assert main(["protect", "x.jpg", "--out", str(tmp_path), "--preset", "offline", "--expression", "happy"]) == 2
     assert "--method map" in capsys.readouterr().err
 
 
-def test_method_map_picks_the_offline_preset_without_the_score_network(capsys: pytest.CaptureFixture) -> None:
+def test_method_map_runs_the_expression_warp_without_the_score_network(capsys: pytest.CaptureFixture) -> None:
     if is_available(SCORE_NETWORK):
         assert default_preset("map") in ("clip2protect_photo", "offline")
     else:
-        assert default_preset("map") == "map_offline"
+        assert default_preset("map") == "warp_offline"
+        assert offline_method("map", None) == "warp" and offline_method("map", "map_offline") == "map"
         assert SCORE_NETWORK in capsys.readouterr().out
     assert compose(["preset=map_offline"]).protect.method == "map"
 

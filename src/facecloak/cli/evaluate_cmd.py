@@ -13,7 +13,7 @@ from pathlib import Path
 
 from facecloak.attacks.pixel import DEFAULT_EPS_255, DEFAULT_STEPS
 from facecloak.config.compose import compose
-from facecloak.evaluation.harness import METHODS, EvaluationSettings
+from facecloak.evaluation.harness import DEFAULT_METHODS, METHODS, EvaluationSettings
 from facecloak.paths import shared_faces_dir
 
 DEFAULT_N_PHOTOS = 10
@@ -24,7 +24,9 @@ DEFAULT_PRESET = "offline"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the evaluate command."""
     parser.add_argument("--faces", type=Path, default=None, help="labelled folder (labels.csv); default shared faces")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods to compare")
+    parser.add_argument(
+        "--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS, help="methods to compare"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder for photos and reports")
     parser.add_argument("--n-photos", type=int, default=DEFAULT_N_PHOTOS, help="people to protect (one photo each)")
     parser.add_argument("--eps", type=float, default=DEFAULT_EPS_255, help="pixel baselines' L∞ budget (of 255)")

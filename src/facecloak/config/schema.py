@@ -20,6 +20,7 @@ from facecloak.runtime.trainer import LoggerConfig, TrainerConfig
 from facecloak.stages.latent_search_config import LatentSearchConfig
 from facecloak.stages.pivot_tuning_config import PivotTuningConfig
 from facecloak.stages.score_finetune_config import ScoreFinetuneConfig
+from facecloak.stages.warp_attack_config import WarpAttackConfig
 from facecloak.validate import require
 
 DEFAULT_FAR_LEVELS = (0.1, 0.01, 0.001)
@@ -75,7 +76,7 @@ class FRConfig:
         )
 
 
-METHODS = ("clip2protect", "map")
+METHODS = ("clip2protect", "map", "warp")
 INVERSIONS = ("auto", "e4e", "projector")
 PROTECT_MODES = ("dodge", "impersonate")
 PASTE_MODES = ("delta", "replace")
@@ -237,6 +238,7 @@ class AppConfig:
     search: LatentSearchConfig = field(default_factory=LatentSearchConfig)
     protect: ProtectSettings = field(default_factory=ProtectSettings)
     map: MapSettings = field(default_factory=MapSettings)
+    warp: WarpAttackConfig = field(default_factory=WarpAttackConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 

@@ -29,6 +29,7 @@ The result is plain data (``dict``) that :mod:`facecloak.evaluation.report` turn
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -72,7 +73,10 @@ log = logging.getLogger(__name__)
 
 CLEAN = "clean"
 PROTECT = "protect"
-METHODS = (CLEAN, *sorted(PIXEL_ATTACKS), PROTECT)
+WARP = "warp"
+"""``facecloak protect --method warp`` (the landmark warp), whatever method the configuration names."""
+DEFAULT_METHODS = (CLEAN, *sorted(PIXEL_ATTACKS), PROTECT)
+METHODS = (*DEFAULT_METHODS, WARP)
 ORIGINAL_DIR = "original"
 NO_TRANSFORM = "none"
 """Robustness variant name of the protected photo as saved."""
@@ -90,7 +94,7 @@ MIN_PHOTOS_PER_PERSON = 2
 class EvaluationSettings:
     """What to evaluate: methods, how many people, the pixel baselines' budget, the robustness transforms."""
 
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     n_photos: int = 10
     eps_255: float = 8.0
     steps: int = 10
@@ -222,6 +226,10 @@ def method_runner(name: str) -> MethodFn:
         return _clean
     if name == PROTECT:
         return _protect
+    if name == WARP:
+        return lambda probes, config, settings, out: _protect(
+            probes, dataclasses.replace(config, protect=dataclasses.replace(config.protect, method=WARP)), settings, out
+        )
     return _pixel_method(name)
 
 

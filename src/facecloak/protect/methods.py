@@ -17,6 +17,10 @@ def build_protector(
         from facecloak.protect.map_method import MapProtector
 
         return MapProtector(config, stage_dir=stage_dir, logger=logger, callbacks=callbacks)
+    if config.protect.method == "warp":
+        from facecloak.protect.warp_method import WarpProtector
+
+        return WarpProtector(config, stage_dir=stage_dir, logger=logger, callbacks=callbacks)
     from facecloak.protect.pipeline import Protector
 
     return Protector(config, stage_dir=stage_dir, logger=logger, callbacks=callbacks)

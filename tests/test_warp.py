@@ -1,0 +1,153 @@
+"""The landmark-warp protection: the field, the make-up layers, the attack module, and `protect --method warp`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facecloak.cli.main import main
+from facecloak.config.compose import compose
+from facecloak.errors import ConfigError
+from facecloak.faces.makeup import REGIONS, apply_makeup, bounded_colours, bounded_opacity, makeup_masks
+from facecloak.faces.warp_field import anchor_ring, apply_field, dense_field, inter_ocular, support_mask
+from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
+from facecloak.models.fr.zoo import load_fr_model
+from facecloak.stages.warp_attack import WarpAttack, face_anchors, prepare_face
+from facecloak.stages.warp_attack_config import WarpAttackConfig
+from test_protect import _record
+
+SIZE = 96
+
+
+def _face(seed: int = 0) -> np.ndarray:
+    """A rough 68-point iBUG layout (crop-normalised) in the crop's middle, jittered a little."""
+    rng = np.random.default_rng(seed)
+    angles = np.linspace(-np.pi / 2, np.pi / 2, 17)
+    jaw = np.stack([0.5 - 0.2 * np.sin(angles), 0.42 + 0.28 * np.cos(angles)], axis=1)
+    brows = np.stack([np.linspace(0.33, 0.67, 10), np.full(10, 0.36)], axis=1)
+    bridge = np.stack([np.full(4, 0.5), np.linspace(0.42, 0.54, 4)], axis=1)
+    nostrils = np.stack([np.linspace(0.45, 0.55, 5), np.full(5, 0.58)], axis=1)
+    eye = np.array([[-0.05, 0], [-0.025, -0.012], [0.025, -0.012], [0.05, 0], [0.025, 0.012], [-0.025, 0.012]])
+    eyes = np.concatenate([eye + np.array([0.4, 0.43]), eye + np.array([0.6, 0.43])])
+    outer_angle = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    inner_angle = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    outer = np.stack([0.5 - 0.08 * np.cos(outer_angle), 0.66 + 0.03 * np.sin(outer_angle)], axis=1)
+    inner = np.stack([0.5 - 0.05 * np.cos(inner_angle), 0.66 + 0.01 * np.sin(inner_angle)], axis=1)
+    points = np.concatenate([jaw, brows, bridge, nostrils, eyes, outer, inner])
+    return points + rng.normal(0, 0.002, points.shape)
+
+
+def _geometry(points: np.ndarray, margin: float = 0.4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ring = anchor_ring(points, margin * inter_ocular(points))
+    support = support_mask(ring * SIZE - 0.5, (SIZE, SIZE), margin * inter_ocular(points) * SIZE)
+    as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)[None]  # noqa: E731
+    return as_tensor(points), as_tensor(ring), torch.from_numpy(support)[None, None]
+
+
+def test_zero_displacement_is_the_identity() -> None:
+    landmarks, anchors, support = _geometry(_face())
+    image = torch.rand(1, 3, SIZE, SIZE)
+    field = dense_field(landmarks, torch.zeros_like(landmarks), anchors, support, grid=32)
+    assert torch.count_nonzero(field) == 0
+    assert torch.allclose(apply_field(image, field, support), image, atol=1e-5)  # float32 grid round-off
+
+
+def test_background_outside_the_anchors_never_moves_and_the_bound_holds() -> None:
+    landmarks, anchors, support = _geometry(_face())
+    image = torch.rand(1, 3, SIZE, SIZE)
+    displacement = 0.05 * torch.randn_like(landmarks)
+    bound = 0.06 * inter_ocular(_face())
+    field = dense_field(landmarks, displacement, anchors, support, grid=32, max_norm=bound)
+    warped = apply_field(image, field, support)
+    outside = (support == 0).expand_as(image)
+    assert outside.any() and (~outside).any()
+    assert torch.equal(warped[outside], image[outside])  # copied bit for bit
+    assert not torch.allclose(warped, image)
+    assert float(field.norm(dim=1).max()) <= bound * (1 + 1e-5)
+
+
+def test_makeup_stays_inside_its_masks_and_its_colour_ranges() -> None:
+    points_px = _face() * SIZE - 0.5
+    masks = torch.from_numpy(makeup_masks(points_px, (SIZE, SIZE)))[None]
+    assert masks.shape == (1, len(REGIONS), SIZE, SIZE) and all(float(m.max()) > 0.1 for m in masks[0])
+    image = torch.rand(1, 3, SIZE, SIZE)
+    colours = bounded_colours(torch.randn(1, len(REGIONS), 3) * 10)
+    opacity = bounded_opacity(torch.full((1, len(REGIONS)), 10.0))
+    made_up = apply_makeup(image, masks, colours, opacity)
+    outside = (masks.sum(dim=1, keepdim=True) == 0).expand_as(image)
+    assert outside.any() and torch.equal(made_up[outside], image[outside])
+    assert (made_up - image).abs()[~outside].max() > 0.05
+    lips = bounded_colours(torch.full((1, len(REGIONS), 3), -50.0))[0, 0]
+    assert lips.tolist() == pytest.approx([30.0, 15.0, -5.0])  # the lowest corner of the lipstick range
+
+
+def test_gradients_reach_the_displacements_and_the_makeup_even_with_a_closed_mouth(weights_dir: Path) -> None:
+    config = WarpAttackConfig(steps=1, work_size=112, field_grid=16, makeup=("lips", "cheeks"))
+    points = _face()
+    points[[67, 66, 65]] = points[[61, 62, 63]]  # a closed mouth: dlib puts the inner lips on top of each other
+    image = torch.rand(1, 3, SIZE, SIZE)
+    points_px = points * SIZE - 0.5
+    landmarks5 = np.stack(
+        [points_px[36:42].mean(0), points_px[42:48].mean(0), points_px[30], points_px[48], points_px[54]]
+    )
+    face = prepare_face(image, points_px, landmarks5, face_anchors(points, config), config)
+    identity = AdversarialIdentityLoss([load_fr_model("mobilefacenet_casia")], "dodge")
+    with torch.no_grad():
+        source = identity.embed(face.work.image01, face.landmarks5)
+    module = WarpAttack(face, "x", identity, IdentityReference(source), {"mobilefacenet_casia": 0.3}, config)
+    module.on_fit_start()
+    images, _ = module.edit(face.work)
+    terms, _ = module.losses(images)
+    terms["loss"].sum().backward()
+    for parameter in (module.displacement_raw, module.colour_raw, module.opacity_raw):
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+    assert set(dict(module.named_parameters())) == {"displacement_raw", "colour_raw", "opacity_raw"}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("max_displacement", 0.0), ("makeup", ("lipstick",)), ("expression", "smug"), ("lambda_adv", 0.0)],
+)
+def test_bad_settings_name_their_key(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"warp.{key}"):
+        WarpAttackConfig(**{key: value})  # type: ignore[arg-type]
+
+
+def test_preset_and_smoke_scale_compose() -> None:
+    config = compose(["preset=warp_offline", "scale=smoke"])
+    assert config.protect.method == "warp" and config.warp.steps <= 5
+    assert config.fr.attacked == compose(["preset=offline_ensemble"]).fr.attacked
+
+
+def test_protect_method_warp_end_to_end_and_resumes(faces_dir: Path, tmp_path: Path, single_thread: None) -> None:
+    photo = faces_dir / "jack_dorsey" / "img16.jpg"
+    out = tmp_path / "out"
+    argv = ["protect", str(photo), "--out", str(out), "--method", "warp", "--preset", "warp_offline", "scale=smoke"]
+    assert main([*argv, "trainer.progress_bar=false", "warp.makeup=[lips]"]) == 0
+    record = _record(out, "img16")
+    [face] = record["faces"]
+    warp = face["warp"]
+    assert warp["steps"] == 3 and warp["displacement"]["max_over_iod"] <= 0.06 + 1e-4
+    assert 0 < warp["texture_haarpsi"] <= 1 and set(warp["makeup"]) == {"lips"}
+    assert set(face["fr"]) == {"mobilefacenet_casia", "faceres", "faceres_deep", "mobileface_human", "dlib_native"}
+    written = Path(record["outputs"]["photo"]).stat().st_mtime_ns
+    assert main([*argv, "trainer.progress_bar=false", "warp.makeup=[lips]"]) == 0  # resumed: nothing redone
+    assert Path(record["outputs"]["photo"]).stat().st_mtime_ns == written
+    assert json.loads((out / "summary.json").read_text())["counts"] == {"done": 1}
+
+
+def test_evaluate_methods_warp(faces_dir: Path, tmp_path: Path, single_thread: None) -> None:
+    from test_evaluate import _small_labelled_folder
+
+    (tmp_path / "faces").mkdir()
+    faces = _small_labelled_folder(faces_dir, tmp_path / "faces")
+    out = tmp_path / "evaluate"
+    argv = ["evaluate", "--faces", str(faces), "--out", str(out), "--methods", "clean", "warp", "--n-photos", "1"]
+    assert main([*argv, "--preset", "warp_offline", "scale=smoke", "trainer.progress_bar=false"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["methods"]["warp"]["n"] == 1
+    assert list((out / "warp").glob("*.png"))

@@ -14,7 +14,7 @@ the same field, which isolates make-up (and any resampling) from the change of s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,12 +23,15 @@ from facecloak.config.schema import AppConfig
 from facecloak.evaluation.quality import haarpsi
 from facecloak.faces.align import transform_points, warp_image
 from facecloak.faces.detect import Face, dlib_landmarks68
+from facecloak.faces.regions import face_region_mask
 from facecloak.faces.warp_field import anchor_ring, apply_field, displacement_stats, inter_ocular, normalise_points
 from facecloak.io.images import Photo
 from facecloak.losses.expression import ExpressionObjective
 from facecloak.losses.identity import IdentityReference
-from facecloak.protect.pipeline import FaceProtection, PhotoProtector, face_region_mask, to_tensor01, to_uint8
-from facecloak.stages.warp_attack import WarpAttack, WarpFace, face_geometry, fit_warp_attack, prepare_face
+from facecloak.protect.pipeline import FaceProtection, PhotoProtector, to_tensor01, to_uint8
+
+if TYPE_CHECKING:  # the stage (Lightning) is imported where it runs
+    from facecloak.stages.warp_attack import WarpAttack, WarpFace
 
 MAX_CROP_SIDE = 1536
 """Largest side of the full-resolution face crop; larger faces are cut at this size (the field is smooth anyway)."""
@@ -74,6 +77,8 @@ class WarpProtector(PhotoProtector):
         self._load_judges()
 
     def _cut(self, photo: Photo, face: Face) -> tuple[FaceCut, WarpFace, torch.Tensor]:
+        from facecloak.stages.warp_attack import prepare_face
+
         cut = FaceCut(photo.rgb, face, self.settings.anchor_margin, self.settings.crop_margin)
         crop01 = to_tensor01(cut.crop)
         return cut, prepare_face(crop01, cut.landmarks68, cut.landmarks5, cut.anchors, self.settings), crop01
@@ -86,6 +91,8 @@ class WarpProtector(PhotoProtector):
 
     def protect_face(self, photo: Photo, face: Face, face_id: str) -> FaceProtection:
         """Optimise the face's warp on the working crop, then apply it at full resolution."""
+        from facecloak.stages.warp_attack import WarpAttack, face_geometry, fit_warp_attack
+
         cut, prepared, crop01 = self._cut(photo, face)
         with torch.no_grad():
             source = self.identity.embed(prepared.work.image01.to(self.device), prepared.landmarks5.to(self.device))

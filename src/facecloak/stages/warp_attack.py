@@ -50,7 +50,6 @@ DLIB68_MIRROR = (
 """Each dlib landmark's mirror partner across the face's vertical axis (the symmetry term's pairs)."""
 
 
-
 @dataclass
 class FaceGeometry:
     """One face crop at one resolution: its pixels, where the field may act, and the make-up masks."""

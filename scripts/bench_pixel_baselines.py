@@ -39,7 +39,6 @@ import torch
 from facecloak.attacks.pixel import PIXEL_ATTACKS, PixelAttackConfig, build_pixel_attack, protect_photo_pixels
 from facecloak.config.compose import compose
 from facecloak.errors import ConfigError
-from facecloak.evaluation.quality import measure_quality
 from facecloak.evaluation.robustness import apply_transform
 from facecloak.faces.config import FacesConfig
 from facecloak.faces.crops import detect_with_config, detector_from_config
@@ -51,6 +50,7 @@ from facecloak.paths import shared_faces_dir
 from facecloak.verify.judge import FaceJudge
 from facecloak.verify.labelled import LabelledPhoto, read_labels
 from facecloak.verify.metrics import alikeness, compare_rows, matches
+from facecloak.verify.quality import measure_quality
 from facecloak.verify.thresholds import Threshold, ThresholdTable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

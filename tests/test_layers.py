@@ -30,12 +30,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 """Lowest first; a module may import from its own layer and the ones below, never from a layer above."""
 
-KNOWN_UPWARD: set[tuple[str, str]] = {
-    # The warp's record measures HaarPSI; evaluation.quality imports only errors and registry, so its image metrics
-    # belong below protect (to move with the next layering pass).
-    ("protect.warp_method", "evaluation.quality"),
-}
-"""Upward imports tolerated for now, each with its reason; the test fails on any other."""
+KNOWN_UPWARD: set[tuple[str, str]] = set()
+"""Upward imports tolerated (none); the test fails on any."""
 
 LIGHTNING_MODULES = {
     "facecloak.stages.fit",  # builds the Trainer every stage runs under

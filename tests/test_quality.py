@@ -14,7 +14,9 @@ from scipy import signal
 
 from facecloak.errors import ConfigError
 from facecloak.evaluation import quality
-from facecloak.evaluation.quality import (
+from facecloak.registry.entries import get_entry
+from facecloak.registry.store import is_available
+from facecloak.verify.quality import (
     QUALITY_METRICS,
     gmsd,
     haarpsi,
@@ -22,8 +24,6 @@ from facecloak.evaluation.quality import (
     measure_quality,
     ms_ssim_scales,
 )
-from facecloak.registry.entries import get_entry
-from facecloak.registry.store import is_available
 
 
 @pytest.fixture(scope="module")

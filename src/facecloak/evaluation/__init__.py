@@ -1,1 +1,1 @@
-"""Evaluation building blocks: image quality, social-network degradations, protection success, benchmark data."""
+"""Evaluation building blocks: social-network degradations, protection success, benchmark data."""

@@ -21,7 +21,7 @@ Protocol (dodging):
 4. Identification rank-1 / rank-5 of every protected photo per model against the gallery (the person's other
    photos plus every other person's as distractors, :mod:`facecloak.evaluation.identification`), again after each
    robustness transform.
-5. Quality (face box and whole photo, :func:`facecloak.evaluation.quality.measure_quality`) and cost: seconds and
+5. Quality (face box and whole photo, :func:`facecloak.verify.quality.measure_quality`) and cost: seconds and
    peak memory per photo and stage (:mod:`facecloak.evaluation.cost`; ``protect`` split into its two stages).
 
 The result is plain data (``dict``) that :mod:`facecloak.evaluation.report` turns into files.
@@ -58,7 +58,6 @@ from facecloak.evaluation.psr import (
     protection_success,
     similarities_to_original,
 )
-from facecloak.evaluation.quality import DEFAULT_METRICS, measure_photo_set, measure_quality
 from facecloak.evaluation.robustness import DEFAULT_TRANSFORMS, apply_transform
 from facecloak.faces.crops import detector_from_config
 from facecloak.faces.detect import Face
@@ -67,6 +66,7 @@ from facecloak.losses.identity import AdversarialIdentityLoss
 from facecloak.models.fr.zoo import load_fr_model
 from facecloak.verify.judge import FaceJudge, Role, count_outcomes, face_outcome
 from facecloak.verify.metrics import Metric
+from facecloak.verify.quality import DEFAULT_METRICS, measure_photo_set, measure_quality
 from facecloak.verify.thresholds import Threshold, ThresholdTable, build_threshold_table, far_key
 
 log = logging.getLogger(__name__)

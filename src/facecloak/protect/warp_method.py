@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from facecloak.config.schema import AppConfig
-from facecloak.evaluation.quality import haarpsi
 from facecloak.faces.align import transform_points, warp_image
 from facecloak.faces.detect import Face, dlib_landmarks68
 from facecloak.faces.regions import face_region_mask
@@ -29,6 +28,7 @@ from facecloak.io.images import Photo
 from facecloak.losses.expression import ExpressionObjective
 from facecloak.losses.identity import IdentityReference
 from facecloak.protect.pipeline import FaceProtection, PhotoProtector, to_tensor01, to_uint8
+from facecloak.verify.quality import haarpsi
 
 if TYPE_CHECKING:  # the stage (Lightning) is imported where it runs
     from facecloak.stages.warp_attack import WarpAttack, WarpFace

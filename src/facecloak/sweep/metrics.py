@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from facecloak.config.schema import AppConfig
-from facecloak.evaluation.quality import measure_quality
 from facecloak.io.images import load_photo
 from facecloak.protect.pipeline import image_id_for
 from facecloak.verify.judge import face_outcome
+from facecloak.verify.quality import measure_quality
 
 QUALITY_METRICS = ("psnr", "ssim", "haarpsi")
 

@@ -42,6 +42,7 @@ from facecloak.losses.clip_loss import (
     Tokenizer,
     resize_for_clip,
 )
+from facecloak.runtime.precision import full_precision
 
 
 @contextmanager
@@ -200,10 +201,9 @@ class InfoNCECLIPLoss(nn.Module):
         if source_features.shape[0] != batch:
             raise ConfigError(f"one source embedding per image: {batch} images, {source_features.shape[0]} sources")
         views = self.image_features(self.augment(images01, generators)).view(batch, -1, source_features.shape[-1])
-        losses = []
-        for i in range(batch):
-            losses.append(self._infonce(views[i], source_features[i : i + 1]))
-        return torch.stack(losses)
+        with full_precision():  # directions are differences of similar embeddings, then cosines: fp32 under autocast
+            views, source_features = views.float(), source_features.float()
+            return torch.stack([self._infonce(views[i], source_features[i : i + 1]) for i in range(batch)])
 
     def _infonce(self, views: Tensor, source: Tensor) -> Tensor:
         """The reference's ``infonce_loss`` for one image: ``views`` ``[A, E]``, ``source`` ``[1, E]``."""

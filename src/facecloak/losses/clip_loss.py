@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facecloak.errors import ConfigError, CorruptWeightsError
+from facecloak.runtime.precision import full_precision
 
 CLIP_REGISTRY_NAME = "clip_vit_b32_openai"
 """Registry entry of OpenAI's ViT-B/32, the CLIP model CLIP2Protect uses (``clip.load("ViT-B/32")``)."""
@@ -373,8 +374,10 @@ class DirectionalCLIPLoss(nn.Module):
             raise ConfigError(
                 f"one source embedding per image: {images01.shape[0]} images, {source_features.shape[0]} sources"
             )
-        image_direction = self.image_features(images01, generators) - source_features[:, None]
-        return directional_loss(image_direction, self.direction).mean(dim=1)
+        features = self.image_features(images01, generators)
+        with full_precision():  # a difference of two similar embeddings, then a cosine: fp32 under autocast
+            image_direction = features.float() - source_features.float()[:, None]
+            return directional_loss(image_direction, self.direction.float()).mean(dim=1)
 
 
 # --- the real weights ------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from facecloak.faces.align import align_tensor
 from facecloak.faces.box_crop import crop_boxes
 from facecloak.faces.templates import get_template
 from facecloak.models.fr.zoo import FaceEmbedder
+from facecloak.runtime.precision import full_precision
 
 Mode = Literal["dodge", "impersonate"]
 MODES: tuple[str, ...] = ("dodge", "impersonate")
@@ -121,8 +122,12 @@ class AdversarialIdentityLoss(nn.Module):
     def similarities(
         self, embeddings: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """Cosine similarity per model and image (embeddings are unit-norm)."""
-        return {name: (emb * reference[name].to(emb)).sum(dim=1) for name, emb in embeddings.items()}
+        """Cosine similarity per model and image (unit-norm embeddings), in fp32: verdicts and early stops read it."""
+        with full_precision():
+            return {
+                name: (emb.float() * reference[name].to(device=emb.device, dtype=torch.float32)).sum(dim=1)
+                for name, emb in embeddings.items()
+            }
 
     def forward(
         self, images01: torch.Tensor, landmarks5: torch.Tensor, reference: IdentityReference
@@ -145,7 +150,9 @@ class AdversarialIdentityLoss(nn.Module):
             if self.mode == "dodge" and self.dodge_objective == "source_minus_target":
                 term = term - 1.0  # cos(x, s) + (1 − cos(x, t)) − 1: the reference's Σ[cos(x, s) − cos(x, t)]
             per_model.append(term)
-        loss = (torch.stack(per_model, dim=1) * self.model_weights.to(images01)).sum(dim=1)
+        weights = self.model_weights.to(device=images01.device, dtype=torch.float32)
+        with full_precision():
+            loss = (torch.stack(per_model, dim=1) * weights).sum(dim=1)
         return loss, sims
 
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from facecloak.errors import ConfigError, CorruptWeightsError, MissingWeightsError
 from facecloak.registry import store
+from facecloak.runtime.precision import full_precision
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +94,17 @@ class MSSSIMDistance(nn.Module):
         n = _msssim_scales(min(x.shape[-2:]))
         betas = torch.tensor(MSSSIM_BETAS[:n])
         betas = betas * (sum(MSSSIM_BETAS) / betas.sum())
-        score = msssim(
-            x,
-            y,
-            data_range=IMAGE_RANGE,
-            kernel_size=MSSSIM_KERNEL,
-            betas=tuple(betas.tolist()),
-            normalize="simple",
-            reduction="none",
-        )
-        return 1.0 - score
+        with full_precision():  # 1 − MS-SSIM of near-identical images is a difference of numbers close to 1
+            score = msssim(
+                x.float(),
+                y.float(),
+                data_range=IMAGE_RANGE,
+                kernel_size=MSSSIM_KERNEL,
+                betas=tuple(betas.tolist()),
+                normalize="simple",
+                reduction="none",
+            )
+            return 1.0 - score
 
 
 def _vgg_features_to_lpips(vgg_state: dict[str, Tensor], lpips_backbone: nn.Module) -> dict[str, Tensor]:

@@ -49,6 +49,7 @@ from facecloak.losses.gradient_projection import GradientProjector, flatten_grad
 from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
 from facecloak.losses.landmark_smoothness import laplacian_smoothness_loss
 from facecloak.models.ddpm import DDPMUNet
+from facecloak.runtime.precision import full_precision
 from facecloak.stages.score_finetune_config import ScoreFinetuneConfig
 
 SSIM_WINDOW = 11
@@ -205,12 +206,16 @@ class ScoreFinetune(L.LightningModule):
         identity, sims = self.judges.identity(images01, batch["landmarks5"], reference)
         logits = self.judges.expression.logits(images01, batch["boxes"])
         expression = self.judges.expression.nll(logits)
+        with full_precision():  # 1 − SSIM of near-identical images would lose its value to bf16 rounding
+            fidelity = {
+                "loss/pixel": F.l1_loss(images01.float(), original01.float()),
+                "loss/ssim": ssim_loss(images01.float(), original01.float(), SSIM_WINDOW),
+            }
         logged = {
             "loss/identity": identity.mean(),
             "loss/expression": expression.mean(),
             "expression/probability": torch.softmax(logits, dim=1)[:, self.judges.expression.index].mean(),
-            "loss/pixel": F.l1_loss(images01, original01),
-            "loss/ssim": ssim_loss(images01, original01, SSIM_WINDOW),
+            **fidelity,
             "loss/score": self.score_matching_loss(batch["x0"]) if w.score > 0 else torch.zeros((), device=self.device),
         }
         for kind, per_model in sims.items():

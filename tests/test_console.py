@@ -240,7 +240,9 @@ def test_ctrl_c_during_a_job_says_what_is_kept(faces_dir: Path, tmp_path: Path) 
     out = tmp_path / "out"
     command = [sys.executable, "-m", "facecloak.cli.main", "protect", str(faces_dir / "jack_dorsey" / "img16.jpg")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([*command, "--out", str(out), *TINY], env=env, stderr=subprocess.PIPE, text=True)
+    # Enough search steps that the signal lands inside stage 2 (stage 1 wrote .stages), on a fast machine too.
+    long_search = [*TINY, "search.steps=2000", "search.early_stop=false"]
+    process = subprocess.Popen([*command, "--out", str(out), *long_search], env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
     while not (out / ".stages").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)  # a stage has started writing: the job is inside a Lightning fit or about to be

@@ -40,9 +40,13 @@ def log_trial_to_wandb(trial: TrialResult, spec: SweepSpec) -> dict[str, float]:
     ``objective`` is the ranking metric when every constraint holds and absent otherwise, so W&B's own search
     (``metric: objective`` in the ``.wandb.yaml`` file) never prefers a trial that breaks a constraint.
     """
+    import os
+
     import wandb
 
-    run = wandb.init()
+    # The run's files: $WANDB_DIR as the user sets it now (not as an earlier run in this process saw it), else the
+    # trial's own folder under the sweep's --out; never the working directory.
+    run = wandb.init(dir=os.environ.get("WANDB_DIR") or trial.folder)
     try:
         logged: dict[str, float] = {k: v for k, v in trial.metrics.items() if v is not None}
         logged["feasible"] = float(trial.feasible)

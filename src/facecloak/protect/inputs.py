@@ -53,7 +53,9 @@ def check_out_dir(out: Path) -> None:
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, so no folder can be made under it; choose a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {out}: cannot write into {existing} (permission denied); choose a writable folder")
 
 

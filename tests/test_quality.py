@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import signal
 
 from facecloak.errors import ConfigError
-from facecloak.evaluation import quality
+from facecloak.verify import quality
 from facecloak.registry.entries import get_entry
 from facecloak.registry.store import is_available
 from facecloak.verify.quality import (

@@ -13,9 +13,9 @@ from PIL import Image
 from scipy import signal
 
 from facecloak.errors import ConfigError
-from facecloak.verify import quality
 from facecloak.registry.entries import get_entry
 from facecloak.registry.store import is_available
+from facecloak.verify import quality
 from facecloak.verify.quality import (
     QUALITY_METRICS,
     gmsd,

@@ -19,7 +19,7 @@ import torch
 
 from facecloak.errors import ConfigError
 from facecloak.faces.templates import AlignmentTemplate
-from facecloak.runtime.precision import full_precision
+from facecloak.runtime.precision import full_precision, widened
 
 LANDMARK_COUNT = 5
 # Below this many crop pixels per photo pixel, a bilinear warp skips source pixels and aliases; the source is
@@ -234,9 +234,9 @@ def align_tensor(
     # The crop is cut in fp32 whatever the images' dtype (a bf16-mixed render): bf16 has no CPU determinant, and a
     # bf16 sampling grid is off by up to half a pixel at 112 px. In fp32 runs this changes nothing.
     with full_precision():
-        images = images.float()
-        dst = torch.as_tensor(template.points_array(), dtype=torch.float32, device=images.device)
-        matrix = estimate_similarity(landmarks5.float(), dst.expand_as(landmarks5))
+        images = widened(images)
+        dst = torch.as_tensor(template.points_array(), dtype=images.dtype, device=images.device)
+        matrix = estimate_similarity(landmarks5.to(images.dtype), dst.expand_as(landmarks5))
         if antialias:
             shrink = 1.0 / torch.sqrt(torch.abs(torch.linalg.det(matrix[:, :, :2]))).detach()
             if float(shrink.max()) > 1.0 / ANTIALIAS_MIN_SCALE:

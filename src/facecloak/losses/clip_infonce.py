@@ -42,7 +42,7 @@ from facecloak.losses.clip_loss import (
     Tokenizer,
     resize_for_clip,
 )
-from facecloak.runtime.precision import full_precision
+from facecloak.runtime.precision import full_precision, widened
 
 
 @contextmanager
@@ -202,7 +202,7 @@ class InfoNCECLIPLoss(nn.Module):
             raise ConfigError(f"one source embedding per image: {batch} images, {source_features.shape[0]} sources")
         views = self.image_features(self.augment(images01, generators)).view(batch, -1, source_features.shape[-1])
         with full_precision():  # directions are differences of similar embeddings, then cosines: fp32 under autocast
-            views, source_features = views.float(), source_features.float()
+            views, source_features = widened(views), widened(source_features)
             return torch.stack([self._infonce(views[i], source_features[i : i + 1]) for i in range(batch)])
 
     def _infonce(self, views: Tensor, source: Tensor) -> Tensor:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facecloak.errors import ConfigError, CorruptWeightsError
-from facecloak.runtime.precision import full_precision
+from facecloak.runtime.precision import full_precision, widened
 
 CLIP_REGISTRY_NAME = "clip_vit_b32_openai"
 """Registry entry of OpenAI's ViT-B/32, the CLIP model CLIP2Protect uses (``clip.load("ViT-B/32")``)."""
@@ -376,8 +376,8 @@ class DirectionalCLIPLoss(nn.Module):
             )
         features = self.image_features(images01, generators)
         with full_precision():  # a difference of two similar embeddings, then a cosine: fp32 under autocast
-            image_direction = features.float() - source_features.float()[:, None]
-            return directional_loss(image_direction, self.direction.float()).mean(dim=1)
+            image_direction = widened(features) - widened(source_features)[:, None]
+            return directional_loss(image_direction, self.direction.to(image_direction)).mean(dim=1)
 
 
 # --- the real weights ------------------------------------------------------------------------------------------------

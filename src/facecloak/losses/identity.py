@@ -29,7 +29,7 @@ from facecloak.faces.align import align_tensor
 from facecloak.faces.box_crop import crop_boxes
 from facecloak.faces.templates import get_template
 from facecloak.models.fr.zoo import FaceEmbedder
-from facecloak.runtime.precision import full_precision
+from facecloak.runtime.precision import full_precision, widened
 
 Mode = Literal["dodge", "impersonate"]
 MODES: tuple[str, ...] = ("dodge", "impersonate")
@@ -125,8 +125,7 @@ class AdversarialIdentityLoss(nn.Module):
         """Cosine similarity per model and image (unit-norm embeddings), in fp32: verdicts and early stops read it."""
         with full_precision():
             return {
-                name: (emb.float() * reference[name].to(device=emb.device, dtype=torch.float32)).sum(dim=1)
-                for name, emb in embeddings.items()
+                name: (widened(emb) * reference[name].to(widened(emb))).sum(dim=1) for name, emb in embeddings.items()
             }
 
     def forward(
@@ -150,9 +149,9 @@ class AdversarialIdentityLoss(nn.Module):
             if self.mode == "dodge" and self.dodge_objective == "source_minus_target":
                 term = term - 1.0  # cos(x, s) + (1 − cos(x, t)) − 1: the reference's Σ[cos(x, s) − cos(x, t)]
             per_model.append(term)
-        weights = self.model_weights.to(device=images01.device, dtype=torch.float32)
+        terms = torch.stack(per_model, dim=1)
         with full_precision():
-            loss = (torch.stack(per_model, dim=1) * weights).sum(dim=1)
+            loss = (terms * self.model_weights.to(terms)).sum(dim=1)
         return loss, sims
 
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from facecloak.errors import ConfigError, CorruptWeightsError, MissingWeightsError
 from facecloak.registry import store
-from facecloak.runtime.precision import full_precision
+from facecloak.runtime.precision import full_precision, widened
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ class MSSSIMDistance(nn.Module):
         betas = betas * (sum(MSSSIM_BETAS) / betas.sum())
         with full_precision():  # 1 − MS-SSIM of near-identical images is a difference of numbers close to 1
             score = msssim(
-                x.float(),
-                y.float(),
+                widened(x),
+                widened(y),
                 data_range=IMAGE_RANGE,
                 kernel_size=MSSSIM_KERNEL,
                 betas=tuple(betas.tolist()),

@@ -24,3 +24,8 @@ def full_precision() -> Iterator[None]:
         for device_type in AUTOCAST_DEVICES:
             stack.enter_context(torch.autocast(device_type, enabled=False))
         yield
+
+
+def widened(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in fp32 when it is in a half type (bf16/fp16); fp32 and fp64 tensors unchanged (never narrowed)."""
+    return tensor.float() if tensor.is_floating_point() and tensor.element_size() < 4 else tensor

@@ -49,7 +49,7 @@ from facecloak.losses.gradient_projection import GradientProjector, flatten_grad
 from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
 from facecloak.losses.landmark_smoothness import laplacian_smoothness_loss
 from facecloak.models.ddpm import DDPMUNet
-from facecloak.runtime.precision import full_precision
+from facecloak.runtime.precision import full_precision, widened
 from facecloak.stages.score_finetune_config import ScoreFinetuneConfig
 
 SSIM_WINDOW = 11
@@ -208,8 +208,8 @@ class ScoreFinetune(L.LightningModule):
         expression = self.judges.expression.nll(logits)
         with full_precision():  # 1 − SSIM of near-identical images would lose its value to bf16 rounding
             fidelity = {
-                "loss/pixel": F.l1_loss(images01.float(), original01.float()),
-                "loss/ssim": ssim_loss(images01.float(), original01.float(), SSIM_WINDOW),
+                "loss/pixel": F.l1_loss(widened(images01), widened(original01)),
+                "loss/ssim": ssim_loss(widened(images01), widened(original01), SSIM_WINDOW),
             }
         logged = {
             "loss/identity": identity.mean(),

@@ -18,7 +18,7 @@ from torch import nn
 from facecloak.errors import ConfigError
 from facecloak.registry.entries import ModelEntry, entries_of_kind, get_entry
 from facecloak.registry.store import resolve
-from facecloak.runtime.precision import full_precision
+from facecloak.runtime.precision import full_precision, widened
 
 
 def _to_network_input(x01: torch.Tensor, entry: ModelEntry, range_first: bool = False) -> torch.Tensor:
@@ -90,7 +90,8 @@ class FaceEmbedder(nn.Module):
         """Embed aligned RGB crops in [0, 1], ``[B, 3, H, W]``; returns ``[B, D]`` (``range_first``: see below)."""
         out = self.embed_network_input(_to_network_input(faces01, self.entry, range_first))
         with full_precision():  # the embedding's norm and every cosine taken from it: fp32 under autocast
-            return F.normalize(out.float(), dim=1) if self.entry.preprocessing.embedding_norm == "l2" else out.float()
+            out = widened(out)
+            return F.normalize(out, dim=1) if self.entry.preprocessing.embedding_norm == "l2" else out
 
 
 class BlackBoxEmbedder(FaceEmbedder):

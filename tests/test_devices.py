@@ -14,6 +14,7 @@ from facecloak.errors import ConfigError
 from facecloak.protect.runner import result_affecting_config
 from facecloak.runtime.devices import (
     configure_backends,
+    describe,
     local_rank_from_env,
     resolve_device,
     trainer_device_kwargs,
@@ -37,6 +38,7 @@ def test_auto_is_cpu_without_a_gpu():
         pytest.skip("this machine has a GPU")
     assert resolve_device("auto") == torch.device("cpu")
     assert compose([]).device == "cpu"
+    assert describe(torch.device("cpu")) == "device cpu (no GPU visible)"
 
 
 def test_cuda_without_a_gpu_is_a_config_error(visible_gpus):

@@ -70,7 +70,7 @@ def run_protect_job(photos: Sequence[Path], out_dir: Path, config: AppConfig, re
         rank_config = replace(config, device=ranks.device(config.device))
         trainer = rank_config.trainer
         if ranks.is_main:
-            log.info(describe(torch.device(rank_config.device), config.device))
+            log.info(describe(torch.device(rank_config.device)))
         configure_backends(
             torch.device(rank_config.device), trainer.allow_tf32, trainer.cudnn_benchmark, trainer.deterministic
         )

@@ -69,12 +69,16 @@ def resolve_device(configured: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", index)
 
 
-def describe(device: torch.device, configured: str) -> str:
-    """One line for the console: the device and why it was chosen."""
+def describe(device: torch.device) -> str:
+    """One line for the console: the device this rank uses and the GPUs it could see.
+
+    Config composition has already resolved ``auto``, so the configured value is not repeated.
+    """
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    seen = f"{visible} GPU(s) visible" if visible else "no GPU visible"
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return f"device {device} ({name}; {configured}, {torch.cuda.device_count()} GPU(s) visible)"
-    return f"device {device} ({configured}{'; no GPU visible' if configured == AUTO else ''})"
+        return f"device {device} ({torch.cuda.get_device_name(device)}; {seen})"
+    return f"device {device} ({seen})"
 
 
 def trainer_device_kwargs(device: torch.device, accelerator: str = AUTO) -> dict[str, Any]:

@@ -91,14 +91,10 @@ def stage_key(config: AppConfig) -> str:
 class MapProtector(PhotoProtector):
     """MAP: the score network, expression and landmark models, plus the shared judges, loaded once per job."""
 
-    def __init__(
-        self,
-        config: AppConfig,
-        stage_dir: Path | None = None,
-        logger: Any = None,
-        callbacks: list[Any] | None = None,
-    ) -> None:
-        super().__init__(config, stage_dir, logger, callbacks)
+    def load_networks(self) -> None:
+        """The score network, expression and landmark models, then the judges."""
+        super().load_networks()
+        config = self.config
         self.settings = config.map
         self.finetune = config.map.finetune_config()
         self.unet = build_score_network(self.settings).to(self.device)

@@ -142,6 +142,10 @@ class PhotoJob:
         # Wraps each stage a method runs (STAGE1, STAGE2); evaluate's cost meter replaces it to time them.
         self.measure_stage: Callable[[str], AbstractContextManager[Any]] = _unmeasured
         self._networks: dict[str, Any] = {}
+        self.load_networks()
+
+    def load_networks(self) -> None:
+        """Load what the job's stages need, once per job; methods extend it (their networks, then the judges)."""
 
     def shared_network(self, key: str, build: Callable[[], T]) -> T:
         """A frozen network built once per job (VGG/LPIPS, CLIP and its encoded prompts), reused by every face."""
@@ -184,16 +188,12 @@ def stage_one_settings(config: AppConfig, base_fingerprint: str, encoder: bool) 
 class FaceInverter(PhotoJob):
     """Stage 1 for full photos: detector, base generator and encoder, loaded once per job."""
 
-    def __init__(
-        self,
-        config: AppConfig,
-        stage_dir: Path | None = None,
-        logger: Any = None,
-        callbacks: list[Any] | None = None,
-    ) -> None:
+    def load_networks(self) -> None:
+        """The base generator and the encoder, and the key of every stage-1 setting."""
         from facecloak.stages.artifacts import base_fingerprint, settings_key
 
-        super().__init__(config, stage_dir, logger, callbacks)
+        super().load_networks()
+        config = self.config
         self.generator, self.latent_avg = build_generator(config.generator)
         self.generator.to(self.device)
         if not config.generator.weights:
@@ -425,14 +425,9 @@ class PhotoProtector(PhotoJob, ABC):
 class Protector(FaceInverter, PhotoProtector):
     """CLIP2Protect: stage 1's networks (generator, encoder) plus the shared judges, loaded once per job."""
 
-    def __init__(
-        self,
-        config: AppConfig,
-        stage_dir: Path | None = None,
-        logger: Any = None,
-        callbacks: list[Any] | None = None,
-    ) -> None:
-        super().__init__(config, stage_dir, logger, callbacks)
+    def load_networks(self) -> None:
+        """Stage 1's networks, then the judges (their target embedding uses the aligner)."""
+        super().load_networks()
         self._load_judges()
 
     def embed_target(self, photo: Photo, face: Face) -> dict[str, torch.Tensor]:

@@ -13,13 +13,11 @@ the same field, which isolates make-up (and any resampling) from the change of s
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from facecloak.config.schema import AppConfig
 from facecloak.faces.align import transform_points, warp_image
 from facecloak.faces.detect import Face, dlib_landmarks68
 from facecloak.faces.regions import face_region_mask
@@ -64,15 +62,10 @@ class FaceCut:
 class WarpProtector(PhotoProtector):
     """Landmark warp (and make-up): the expression model when asked for, plus the shared judges, loaded once."""
 
-    def __init__(
-        self,
-        config: AppConfig,
-        stage_dir: Path | None = None,
-        logger: Any = None,
-        callbacks: list[Any] | None = None,
-    ) -> None:
-        super().__init__(config, stage_dir, logger, callbacks)
-        self.settings = config.warp
+    def load_networks(self) -> None:
+        """The expression model when asked for, then the judges."""
+        super().load_networks()
+        self.settings = self.config.warp
         self.expression = ExpressionObjective(self.settings.expression) if self.settings.expression else None
         self._load_judges()
 

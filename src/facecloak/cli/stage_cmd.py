@@ -31,7 +31,8 @@ def _works(inverter, path: Path, aligned: bool) -> list[tuple[str, object]]:
     """(face id, AlignedWork) for every face of a photo, or the aligned crop itself."""
     import cv2
 
-    from facecloak.protect.pipeline import AlignedWork, image_id_for, to_tensor01
+    from facecloak.protect.clip2protect import AlignedWork
+    from facecloak.protect.pipeline import image_id_for, to_tensor01
 
     photo = load_photo(path)
     image_id = image_id_for(path)
@@ -56,15 +57,17 @@ def _render(generator, pivot: torch.Tensor, noise: list[torch.Tensor] | None) ->
 
 def run_invert(args: argparse.Namespace, overrides: list[str]) -> int:
     """Write each face's pivot W+ (and projector noise) as safetensors plus the reconstruction."""
-    from facecloak.protect.pipeline import FaceInverter
+    from facecloak.protect.clip2protect import FaceInverter
 
     inverter = FaceInverter(compose(overrides))
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in args.photos:
         try:
-            for face_id, work in _works(inverter, path, args.aligned):
-                pivot, noise = inverter.invert(work)  # type: ignore[arg-type]
+            works = _works(inverter, path, args.aligned)
+            pivots, noises = inverter.invert([work for _, work in works])  # type: ignore[misc]
+            for k, (face_id, work) in enumerate(works):  # the faces of a photo are inverted together
+                pivot, noise = pivots[k : k + 1], None if noises is None else [n[k : k + 1] for n in noises]
                 tensors = {"wplus": pivot[0].contiguous().cpu()}
                 tensors.update({f"noise_{i}": n[0].contiguous().cpu() for i, n in enumerate(noise or [])})
                 save_file(tensors, str(args.out / f"{face_id}.safetensors"))
@@ -79,15 +82,16 @@ def run_invert(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def run_tune(args: argparse.Namespace, overrides: list[str]) -> int:
     """Invert and pivot-tune each face; writes stage-2 artifacts (keyed by face and settings) and reconstructions."""
-    from facecloak.protect.pipeline import FaceInverter
+    from facecloak.protect.clip2protect import FaceInverter
 
     inverter = FaceInverter(compose(overrides), stage_dir=args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in args.photos:
         try:
-            for face_id, work in _works(inverter, path, args.aligned):
-                stage1 = inverter.invert_and_tune(work, face_id)  # type: ignore[arg-type]
+            works = _works(inverter, path, args.aligned)
+            tuned = inverter.invert_and_tune([w for _, w in works], [i for i, _ in works])  # type: ignore[misc]
+            for (face_id, work), stage1 in zip(works, tuned):
                 save_png(args.out / f"{face_id}_crop.png", work.aligned.crop)  # type: ignore[attr-defined]
                 save_png(args.out / f"{face_id}_tuned.png", _render(stage1.generator, stage1.pivot, stage1.noise))
                 print(f"{path}: {face_id} {json.dumps({k: round(v, 3) for k, v in stage1.metrics.items()})}")

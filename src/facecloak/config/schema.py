@@ -129,6 +129,10 @@ class ProtectSettings:
     output_format: str = "png"
     jpeg_quality: int = 95
     max_faces: int = 8
+    # CLIP2Protect: faces optimised together (the faces of up to this many photos, at most this many per stage run)
+    # through the projector, pivot tuning and the search, each with its own latents, noise, optimiser state, tuned
+    # generator offsets and early stop; results equal batch-1 runs up to float round-off. map and warp: 1 only.
+    batch_faces: int = 1
     # Checkpoints of finished stages, so an interrupted photo resumes from its last stage.
     keep_stage_checkpoints: bool = True
 
@@ -147,6 +151,12 @@ class ProtectSettings:
         require(self.output_format in OUTPUT_FORMATS, "protect.output_format", f"must be one of {OUTPUT_FORMATS}")
         require(1 <= self.jpeg_quality <= 100, "protect.jpeg_quality", "must be in [1, 100]")
         require(self.max_faces >= 1, "protect.max_faces", "must be at least 1")
+        require(self.batch_faces >= 1, "protect.batch_faces", "must be at least 1")
+        require(
+            self.batch_faces == 1 or self.method == "clip2protect",
+            "protect.batch_faces",
+            f"batches CLIP2Protect's stages only; method {self.method} protects one face at a time (set it to 1)",
+        )
 
 
 @dataclass(frozen=True)

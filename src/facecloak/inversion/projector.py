@@ -9,7 +9,8 @@ codes instead (``init_wplus``; see :func:`e4e_init`) turns it into a refinement 
 
 Images in a batch are independent problems: every loss term is per image and summed, and Adam is element-wise, so
 each image follows the path it would follow alone. Randomness (initial noise maps, latent noise) comes from one
-``torch.Generator`` seeded by the config, never from the global RNG.
+``torch.Generator`` per image, seeded by the config, never from the global RNG: every image draws what it would draw
+in a run of its own, so a batch of faces from several photos projects each face as a batch of one does.
 
 Works with any generator module that exposes ``synthesis(wplus, noise)``, ``mapping(z)``, ``n_latent``,
 ``style_dim`` and ``noise_shapes`` (:class:`facecloak.models.stylegan2.Generator` does).
@@ -121,10 +122,14 @@ def learning_rate(t: float, lr: float, rampup: float, rampdown: float) -> float:
 
 @torch.no_grad()
 def latent_statistics(
-    generator: ProjectableGenerator, n_samples: int, seed: int, device: torch.device | str = "cpu"
+    generator: ProjectableGenerator,
+    n_samples: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor]:
     """Mean W ``[style_dim]`` and the RMS distance of W samples to it, which scales the exploration noise."""
-    z = torch.randn(n_samples, generator.style_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    z = torch.randn(n_samples, generator.style_dim, generator=torch.Generator().manual_seed(seed)).to(device, dtype)
     w = generator.mapping(z)
     mean = w.mean(0)
     return mean, ((w - mean).pow(2).sum() / n_samples).sqrt()
@@ -199,15 +204,16 @@ def project(
     """
     config = config or ProjectorConfig()
     perceptual = (perceptual or build_perceptual(config.perceptual)).to(images.device)
-    rng = torch.Generator().manual_seed(config.seed)
-    batch, device = images.shape[0], images.device
+    batch, device, dtype = images.shape[0], images.device, images.dtype  # float64 in the exactness tests
+    rngs = [torch.Generator().manual_seed(config.seed) for _ in range(batch)]  # one stream per image, as if alone
 
-    w_mean, w_spread = latent_statistics(generator, config.n_mean_latent, config.seed, device)
+    w_mean, w_spread = latent_statistics(generator, config.n_mean_latent, config.seed, device, dtype)
     if init_wplus is None:
         start = latent_avg if latent_avg is not None else w_mean
         init_wplus = start.reshape(1, 1, generator.style_dim).expand(batch, generator.n_latent, -1)
-    wplus = init_wplus.detach().clone().to(device).requires_grad_(True)
-    noise = [torch.randn((batch, *s[1:]), generator=rng).to(device) for s in generator.noise_shapes]
+    wplus = init_wplus.detach().clone().to(device, dtype).requires_grad_(True)
+    drawn = [[torch.randn((1, *s[1:]), generator=rng) for s in generator.noise_shapes] for rng in rngs]
+    noise = [torch.cat(maps).to(device, dtype) for maps in zip(*drawn)]
     for n in noise:
         n.requires_grad_(config.optimize_noise)
     optimizer = torch.optim.Adam([wplus, *noise] if config.optimize_noise else [wplus], lr=config.lr)
@@ -219,7 +225,8 @@ def project(
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(t, config.lr, config.lr_rampup, config.lr_rampdown)
             strength = w_spread * config.latent_noise * max(0.0, 1.0 - t / config.latent_noise_ramp) ** 2
-            jitter = torch.randn(wplus.shape, generator=rng).to(device) * strength
+            jitter = torch.cat([torch.randn((1, *wplus.shape[1:]), generator=rng) for rng in rngs]).to(device, dtype)
+            jitter = jitter * strength
             rendered = resize_for_loss(generator.synthesis(wplus + jitter, noise), config.loss_size)
             loss = perceptual(rendered, target) + config.mse_weight * per_image_mse(rendered, target)
             if config.optimize_noise:

@@ -21,6 +21,6 @@ def build_protector(
         from facecloak.protect.warp_method import WarpProtector
 
         return WarpProtector(config, stage_dir=stage_dir, logger=logger, callbacks=callbacks)
-    from facecloak.protect.pipeline import Protector
+    from facecloak.protect.clip2protect import Protector
 
     return Protector(config, stage_dir=stage_dir, logger=logger, callbacks=callbacks)

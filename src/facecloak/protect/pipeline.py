@@ -6,8 +6,14 @@ pasted back into the original full photo, which is then saved without metadata a
 file* by every attacked and held-out face-recognition model, so the numbers in the record describe exactly what the
 user shares.
 
-CLIP2Protect (:class:`Protector`) is one such method: align → invert → pivot-tune → adversarial latent search, with a
-fresh generator state and optimizer per face. MAP lives in :mod:`facecloak.protect.map_method`.
+Photos go through in batches (:meth:`PhotoProtector.protect_photos`): each is read and searched for faces on its
+own, the faces of the whole batch go to the method's :meth:`~PhotoProtector.protect_faces` together (CLIP2Protect
+runs them through its stages as batches, ``protect.batch_faces``), and each photo is then pasted back, written,
+judged and recorded on its own, so one photo's failure never costs its batch-mates theirs.
+
+CLIP2Protect (:class:`facecloak.protect.clip2protect.Protector`) is one such method: align → invert → pivot-tune →
+adversarial latent search, with a fresh generator state and optimizer per face. MAP lives in
+:mod:`facecloak.protect.map_method`, the landmark warp in :mod:`facecloak.protect.warp_method`.
 """
 
 from __future__ import annotations
@@ -17,29 +23,26 @@ import logging
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from facecloak.config.compose import resolve_data_path, to_plain
+from facecloak.config.compose import resolve_data_path
 from facecloak.config.schema import AppConfig, GeneratorSettings
 from facecloak.errors import FacecloakError, NoFaceError
-from facecloak.faces.align import AlignedFace, align_ffhq, transform_points
 from facecloak.faces.crops import detect_with_config, detector_from_config
-from facecloak.faces.detect import Face, dlib_landmarks68
+from facecloak.faces.detect import Face
 from facecloak.faces.pasteback import paste_back
-from facecloak.faces.regions import face_region_mask
 from facecloak.io.images import Photo, load_photo, save_image, save_png
-from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference, Mode
+from facecloak.losses.identity import AdversarialIdentityLoss, Mode
 from facecloak.models.fr.zoo import FaceEmbedder, load_fr_model
 from facecloak.models.stylegan2 import Generator, GeneratorConfig, load_stylegan2_checkpoint
-from facecloak.registry.store import is_available, resolve_one
+from facecloak.registry.store import resolve_one
 from facecloak.verify.judge import FaceJudge, Role
 from facecloak.verify.thresholds import Threshold, build_threshold_table
 
@@ -93,15 +96,28 @@ def to_uint8(image01: torch.Tensor) -> np.ndarray:
 
 
 @dataclass
-class AlignedWork:
-    """One face prepared for the generator: its FFHQ crop and landmarks in generator pixels."""
+class FaceTask:
+    """One detected face to protect: the photo it is in (its working copy) and the id of its resumable state."""
 
+    photo: Photo
     face: Face
-    aligned: AlignedFace
-    crop01: torch.Tensor
-    landmarks5: torch.Tensor
-    face_region: np.ndarray | None = None
-    """Face area in crop pixels (hull of the 68 landmarks plus forehead): the only part paste-back changes."""
+    face_id: str
+
+
+@dataclass
+class PreparedPhoto:
+    """A photo read and searched for faces, waiting for its faces' protections to be pasted back."""
+
+    path: Path
+    image_id: str
+    full: Photo
+    photo: Photo
+    """The working copy the networks see (``full`` itself unless the photo is huge)."""
+    faces: list[Face]
+    found: int
+    """Faces detected, before ``protect.max_faces``."""
+    seconds: float
+    """Time spent on this photo so far (its share of a batch's stage runs included once they ran)."""
 
 
 @dataclass
@@ -168,111 +184,6 @@ class PhotoJob:
         from facecloak.stages.fit import job_trainer_kwargs
 
         return job_trainer_kwargs(self.config.trainer, self.device, self.logger, self.callbacks)
-
-
-def stage_one_settings(config: AppConfig, base_fingerprint: str, encoder: bool) -> dict[str, Any]:
-    """Every setting a face's stage-1 result (pivot and tuned generator) depends on, for its artifact's key."""
-    plain = to_plain(config)
-    return {
-        "pivot": plain["pivot"],
-        "generator": plain["generator"],  # weights, shape, inversion choice and the projector's settings
-        "faces": plain["faces"],  # detection and alignment decide the crop that is inverted
-        "precision": plain["trainer"]["precision"],
-        "deterministic": plain["trainer"]["deterministic"],
-        "seed": plain["seed"],
-        "encoder": encoder,  # "auto" inverts with e4e only when its checkpoint is present
-        "base": base_fingerprint,
-    }
-
-
-class FaceInverter(PhotoJob):
-    """Stage 1 for full photos: detector, base generator and encoder, loaded once per job."""
-
-    def load_networks(self) -> None:
-        """The base generator and the encoder, and the key of every stage-1 setting."""
-        from facecloak.stages.artifacts import base_fingerprint, settings_key
-
-        super().load_networks()
-        config = self.config
-        self.generator, self.latent_avg = build_generator(config.generator)
-        self.generator.to(self.device)
-        if not config.generator.weights:
-            self.notes.append(NO_FACE_PRIOR_NOTE)
-        self.encoder = self._encoder()
-        self.fingerprint = base_fingerprint(self.generator)
-        self.stage_one_key = settings_key(stage_one_settings(config, self.fingerprint, self.encoder is not None))
-
-    def _encoder(self) -> torch.nn.Module | None:
-        """e4e when asked for or available for the FFHQ generator; otherwise the optimisation projector."""
-        choice = self.config.generator.inversion
-        usable = self.config.generator.weights == "stylegan2_ffhq_1024" and is_available("e4e_ffhq_encode")
-        if choice == "projector" or (choice == "auto" and not usable):
-            return None
-        from facecloak.models.e4e import load_e4e_checkpoint
-
-        encoder, _ = load_e4e_checkpoint(resolve_one("e4e_ffhq_encode"))
-        return encoder.eval().requires_grad_(False).to(self.device)
-
-    def align(self, photo: Photo, face: Face) -> AlignedWork:
-        """FFHQ-align a face at the generator's resolution (68 dlib points), with its 5 landmarks in crop pixels."""
-        size = self.generator.config.size
-        landmarks68 = dlib_landmarks68(photo.rgb, face)
-        aligned = align_ffhq(photo.rgb, landmarks68, size=size)
-        landmarks = transform_points(aligned.matrix, face.landmarks5)
-        return AlignedWork(
-            face,
-            aligned,
-            to_tensor01(aligned.crop, self.device),
-            torch.as_tensor(landmarks, dtype=torch.float32, device=self.device)[None],
-            face_region_mask(transform_points(aligned.matrix, landmarks68), (size, size)),
-        )
-
-    def invert(self, work: AlignedWork) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """The pivot W+ of one aligned face (e4e, else the projector) and, from the projector, its noise maps."""
-        from facecloak.inversion.projector import project
-
-        image = work.crop01 * 2 - 1
-        if self.encoder is not None:
-            with torch.no_grad():
-                resized = F.interpolate(image, size=(256, 256), mode="area")
-                return self.encoder.encode(resized), None  # type: ignore[operator]
-        settings = self.config.generator.projector
-        perceptual = self.perceptual(settings.perceptual)
-        projection = project(self.generator, image, settings, latent_avg=self.latent_avg, perceptual=perceptual)
-        return projection.wplus.detach(), [n.detach() for n in projection.noise]
-
-    def invert_and_tune(self, work: AlignedWork, face_id: str) -> Any:
-        """Stage 1 for one face: pivot (e4e or projector) and pivot tuning; resumes from a stored artifact."""
-        from facecloak.stages.artifacts import StageTwoInputs, load_artifact, save_artifact
-        from facecloak.stages.pivot_tuning import tune_images
-        from facecloak.stages.tuned_generator import apply_deltas
-
-        artifact_id = f"{face_id}-{self.stage_one_key}"  # another pivot/generator/alignment setting: another file
-        if self.stage_dir is not None:
-            try:
-                resumed = load_artifact(self.stage_dir, artifact_id, self.generator, self.fingerprint)
-            except FacecloakError:
-                pass  # no complete artifact for these settings yet: run the stage
-            else:
-                log.info("%s: resuming from its stage-1 checkpoint (inversion and pivot tuning done)", face_id)
-                return resumed
-        pivot, noise = self.invert(work)
-        [result] = tune_images(
-            self.generator,
-            work.crop01 * 2 - 1,
-            pivot,
-            [face_id],
-            self.config.pivot,
-            self._trainer_kwargs(),
-            noise=noise,
-            perceptual=self.perceptual(self.config.pivot.perceptual),
-        )
-        if self.stage_dir is not None and self.config.protect.keep_stage_checkpoints:
-            save_artifact(self.stage_dir, replace(result, image_id=artifact_id), self.generator, self.fingerprint)
-            return load_artifact(self.stage_dir, artifact_id, self.generator, self.fingerprint)
-        return StageTwoInputs(
-            face_id, result.pivot, result.noise, apply_deltas(self.generator, result.deltas), result.metrics
-        )
 
 
 class PhotoProtector(PhotoJob, ABC):
@@ -343,9 +254,59 @@ class PhotoProtector(PhotoJob, ABC):
 
     # --- per photo ---
 
+    def protect_faces(self, tasks: Sequence[FaceTask]) -> list[FaceProtection | FacecloakError]:
+        """Every face of a batch of photos, in order; a face's own error is its outcome (default: one at a time)."""
+        outcomes: list[FaceProtection | FacecloakError] = []
+        for task in tasks:
+            try:
+                outcomes.append(self.protect_face(task.photo, task.face, task.face_id))
+            except FacecloakError as err:
+                outcomes.append(err)
+        return outcomes
+
+    # --- per photo ---
+
     def protect_photo(self, path: Path, image_id: str, out_dir: Path) -> dict[str, Any]:
         """Protect every face of one photo and write the protected photo, a before/after image and a record."""
-        from facecloak.protect.fullsize import keep_grey, paste_change_full, scale_face, working_copy
+        [outcome] = self.protect_photos([(path, image_id)], out_dir)
+        if isinstance(outcome, FacecloakError):
+            raise outcome
+        return outcome
+
+    def protect_photos(
+        self, photos: Sequence[tuple[Path, str]], out_dir: Path
+    ) -> list[dict[str, Any] | FacecloakError]:
+        """Protect several photos, their faces batched through the method's stages; each photo succeeds or fails alone.
+
+        A photo that cannot be read or shows no face, or whose face cannot be prepared, fails without its batch-mates;
+        an error of a batched stage run is every photo's of that batch. Returns each photo's record or error.
+        """
+        outcomes: dict[str, dict[str, Any] | FacecloakError] = {}
+        prepared: list[PreparedPhoto] = []
+        for path, image_id in photos:
+            try:
+                prepared.append(self._prepare(path, image_id))
+            except FacecloakError as err:
+                outcomes[image_id] = err
+        tasks = [FaceTask(p.photo, f, f"{p.image_id}_face{i}") for p in prepared for i, f in enumerate(p.faces)]
+        started = time.perf_counter()
+        try:
+            protections = self.protect_faces(tasks)
+        except FacecloakError as err:
+            protections = [err] * len(tasks)
+        per_face = (time.perf_counter() - started) / max(1, len(tasks))  # the batch's stage time, shared by its faces
+        for item in prepared:
+            results, protections = protections[: len(item.faces)], protections[len(item.faces) :]
+            item.seconds += per_face * len(item.faces)
+            try:
+                outcomes[item.image_id] = self._finish(item, results, out_dir)
+            except FacecloakError as err:
+                outcomes[item.image_id] = err
+        return [outcomes[image_id] for _, image_id in photos]
+
+    def _prepare(self, path: Path, image_id: str) -> PreparedPhoto:
+        """Load a photo (a working copy of a huge one) and find its faces, before any face is protected."""
+        from facecloak.protect.fullsize import working_copy
 
         started = time.perf_counter()
         full = load_photo(path, max_side=None, max_pixels=self.config.faces.max_pixels)
@@ -354,11 +315,23 @@ class PhotoProtector(PhotoJob, ABC):
         faces = found[: self.config.protect.max_faces]
         if not faces:
             raise NoFaceError(f"no face detected in {path}{_small_photo_hint(photo, self.config.faces.min_face_size)}")
+        return PreparedPhoto(path, image_id, full, photo, faces, len(found), time.perf_counter() - started)
+
+    def _finish(
+        self, item: PreparedPhoto, results: Sequence[FaceProtection | FacecloakError], out_dir: Path
+    ) -> dict[str, Any]:
+        """Paste every face's change back, write the outputs, judge the saved file and write the photo's record."""
+        from facecloak.protect.fullsize import keep_grey, paste_change_full, scale_face
+
+        for result in results:
+            if isinstance(result, FacecloakError):
+                raise result
+        started = time.perf_counter()
+        full, photo, faces = item.full, item.photo, item.faces
         protected = photo.rgb
         face_records = []
         renders: dict[str, np.ndarray] = {}
-        for index, face in enumerate(faces):
-            result = self.protect_face(photo, face, f"{image_id}_face{index}")
+        for index, result in enumerate(cast(Sequence[FaceProtection], results)):
             if self.config.protect.save_render and result.render is not None:
                 renders[f"render_face{index}"] = result.render
             protected = paste_back(
@@ -376,23 +349,23 @@ class PhotoProtector(PhotoJob, ABC):
         for face, face_record in zip(faces, face_records):
             face_record["box"] = [round(float(v), 1) for v in face.box]
         notes = list(photo.notes)  # the working copy's: says when the photo was protected at a smaller size
-        photo = full
-        outputs = self._write_outputs(photo, protected, image_id, out_dir)
+        image_id = item.image_id
+        outputs = self._write_outputs(full, protected, image_id, out_dir)
         for key, render in renders.items():
             outputs[key] = save_png(out_dir / f"{image_id}_{key.removeprefix('render_')}_render.png", render)
         # judge exactly what was written
         judged = load_photo(outputs["photo"], max_side=None, max_pixels=self.config.faces.max_pixels)
-        self._judge(photo, judged.rgb, faces, face_records)
+        self._judge(full, judged.rgb, faces, face_records)
         for face, face_record in zip(faces, face_records):
-            self.judge_face(photo, judged.rgb, face, face_record)
+            self.judge_face(full, judged.rgb, face, face_record)
         record = {
             "image_id": image_id,
-            "source": str(path),
-            "notes": notes + face_notes(faces, len(found), self.config.protect.max_faces) + self.notes,
-            "faces_found": len(found),
+            "source": str(item.path),
+            "notes": notes + face_notes(faces, item.found, self.config.protect.max_faces) + self.notes,
+            "faces_found": item.found,
             "faces": face_records,
             "outputs": {k: str(v) for k, v in outputs.items()},
-            "seconds": round(time.perf_counter() - started, 2),
+            "seconds": round(item.seconds + time.perf_counter() - started, 2),
             "thresholds": {
                 m: {"far": self.config.protect.far, "value": t.value, "source": t.source, "metric": t.metric}
                 for m, t in self.thresholds.items()
@@ -420,108 +393,6 @@ class PhotoProtector(PhotoJob, ABC):
         for face, record in zip(faces, records):
             verdicts = self.judge.judge_face(photo.rgb, protected, face, self.thresholds, mode, target, found)
             record["fr"] = {name: verdict.to_record() for name, verdict in verdicts.items()}
-
-
-class Protector(FaceInverter, PhotoProtector):
-    """CLIP2Protect: stage 1's networks (generator, encoder) plus the shared judges, loaded once per job."""
-
-    def load_networks(self) -> None:
-        """Stage 1's networks, then the judges (their target embedding uses the aligner)."""
-        super().load_networks()
-        self._load_judges()
-
-    def embed_target(self, photo: Photo, face: Face) -> dict[str, torch.Tensor]:
-        """The target's embeddings on its FFHQ-aligned crop, as the search sees faces."""
-        work = self.align(photo, face)
-        with torch.no_grad():
-            return self.identity.embed(work.crop01, work.landmarks5, self.fr_boxes(work))
-
-    def fr_boxes(self, work: AlignedWork) -> torch.Tensor | None:
-        """``fr.preprocess=box``: the detector's box on the aligned crop, as the reference runs MTCNN on it."""
-        if self.config.fr.preprocess != "box":
-            return None
-        from facecloak.faces.box_crop import boxes_tensor, detector_box
-
-        try:
-            box = detector_box(work.aligned.crop, self.detector, self.config.faces)
-        except NoFaceError:
-            # A crop too small for the detector (smoke sizes): the photo's box mapped into the crop, bounded.
-            corners = np.array([[face_x, face_y] for face_x in work.face.box[::2] for face_y in work.face.box[1::2]])
-            mapped = transform_points(work.aligned.matrix, corners)
-            side = float(work.crop01.shape[-1])
-            low, high = mapped.min(axis=0).clip(0, side), mapped.max(axis=0).clip(0, side)
-            box = (float(low[0]), float(low[1]), float(high[0]), float(high[1]))
-        return boxes_tensor([box], self.device)
-
-    # --- per face ---
-
-    def protect_face(self, photo: Photo, face: Face, face_id: str) -> FaceProtection:
-        """Align, invert and pivot-tune (stage 1), then the adversarial latent search (stage 2)."""
-        work = self.align(photo, face)
-        with self.measure_stage(STAGE1):
-            stage1 = self.invert_and_tune(work, face_id)
-        with self.measure_stage(STAGE2):
-            result = self.search(work, stage1, face_id)
-        return FaceProtection(
-            crop=to_uint8(result.image),
-            matrix=work.aligned.matrix,
-            reference_crop=work.aligned.crop,
-            face_region=work.face_region,
-            render=to_uint8(result.image),
-            record={
-                "stage1": stage1.metrics,
-                "search": {
-                    "success_on_render": result.success,
-                    "stopped_at": result.stopped_at,
-                    "similarities_before": result.similarities_before,
-                    "similarities_after": result.similarities_after,
-                },
-            },
-        )
-
-    def search(self, work: AlignedWork, stage1: Any, face_id: str) -> Any:
-        """Stage 2 for one face: the adversarial latent search on its tuned generator."""
-        from facecloak.stages.latent_search import search_latents
-
-        tuned = stage1.generator.to(self.device)
-        pivot = stage1.pivot[None].to(self.device)
-        noise = [n.to(self.device) for n in stage1.noise]
-        boxes = self.fr_boxes(work)
-        with torch.no_grad():
-            source = self.identity.embed(work.crop01, work.landmarks5, boxes)
-        reference = IdentityReference(source=source, target=self.target, boxes=boxes)
-        thresholds = {m.name: self.thresholds[m.name].value for m in self.attacked}
-        search_config = replace(self.config.search, identity_mode=self.config.protect.mode)
-        # Delta paste-back: the search judges the real crop plus the render's change, i.e. the shared pixels.
-        anchor = work.crop01 if self.config.protect.paste == "delta" else None
-        change_mask = None
-        if anchor is not None and work.face_region is not None:
-            from facecloak.faces.pasteback import feather_mask
-
-            weights = feather_mask(work.face_region.shape, self.config.protect.feather, work.face_region)
-            change_mask = torch.from_numpy(weights)[None, None].to(self.device)
-        [result] = search_latents(
-            tuned,
-            pivot,
-            noise,
-            work.landmarks5,
-            [face_id],
-            self.identity,
-            reference,
-            thresholds,
-            search_config,
-            self._trainer_kwargs(),
-            anchor=anchor,
-            change_mask=change_mask,
-            clip_factory=self._clip,
-        )
-        return result
-
-    def _clip(self, config: Any) -> Any:
-        """The job's CLIP loss (model and encoded prompts), built for the first face and reused by the others."""
-        from facecloak.stages.latent_search_io import load_clip_for
-
-        return self.shared_network(f"clip:{config!r}", lambda: load_clip_for(config))
 
 
 JUDGEABLE_FACE_SIDE = 32
@@ -552,11 +423,6 @@ def _small_photo_hint(photo: Photo, min_face_size: int) -> str:
         f" (a {photo.size[1]}×{photo.size[0]} photo: faces under faces.min_face_size={min_face_size} px are not "
         "searched; protection cannot be judged on faces that small)"
     )
-
-
-def _embed(model: FaceEmbedder, crop: np.ndarray, device: torch.device) -> torch.Tensor:
-    with torch.no_grad():
-        return model(to_tensor01(crop, device))[0]
 
 
 def _unmeasured(stage: str) -> AbstractContextManager[Any]:

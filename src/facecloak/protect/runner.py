@@ -1,5 +1,8 @@
 """Run a protection job over many photos: skip finished ones, record failures, keep going, check completeness.
 
+Photos go to the protector in batches of ``protect.batch_faces`` (their faces share the stages' runs); each photo is
+still recorded on its own, so a rerun skips the photos of a batch that were recorded and redoes the others.
+
 Under torchrun or SLURM each rank protects its own round-robin share of the photos (a photo's result depends only
 on the seed and the photo, so it is the same with any number of ranks); every output is written once, by the rank
 that owns the photo. The ranks meet at a final barrier, after which rank 0 writes ``summary.json`` and says which
@@ -107,23 +110,33 @@ def _protect_share(
             # Set-up errors (missing weights, bad target photo) stop the job at once instead of failing every photo.
             protector = build_protector(config, out_dir / STAGE_DIR_NAME, logger, [progress]) if pending else None
             shown_notes: set[str] = set()
-            for index, image_id in enumerate(pending):
-                path = ids[image_id]
-                progress.start_photo(path.name)
+            # Batches are fixed groups of this rank's photos, whatever is already done, so a resumed job batches the
+            # unfinished photos of a group as the killed run did (a partly recorded group has all its stage-1 state).
+            size, todo = config.protect.batch_faces, set(pending)
+            groups = [[i for i in mine[start : start + size] if i in todo] for start in range(0, len(mine), size)]
+            for batch in ([(ids[image_id], image_id) for image_id in group] for group in groups if group):
+                progress.start_photo(_batch_name([path for path, _ in batch]))
                 assert protector is not None
-                try:
-                    record = protector.protect_photo(path, image_id, out_dir)
-                    outputs = dict(record["outputs"])
-                    outputs.update({f"{k}_sha256": file_sha256(Path(v)) for k, v in record["outputs"].items()})
-                    manifest.record(image_id, DONE, source=str(path), outputs=outputs, record=f"{image_id}.json")
-                    _log_photo(logger, index, record)
-                    log.info("%s", photo_line(path, record, shown_notes))
-                except FacecloakError as err:
-                    log.warning("%s: %s", path, err)
-                    manifest.record(image_id, FAILED, source=str(path), error=str(err))
-                progress.finish_photo()
+                outcomes = protector.protect_photos(batch, out_dir)
+                # Each photo is recorded on its own: a killed job redoes only the photos without a record.
+                for (path, image_id), outcome in zip(batch, outcomes):
+                    if isinstance(outcome, FacecloakError):
+                        log.warning("%s: %s", path, outcome)
+                        manifest.record(image_id, FAILED, source=str(path), error=str(outcome))
+                    else:
+                        outputs = dict(outcome["outputs"])
+                        outputs.update({f"{k}_sha256": file_sha256(Path(v)) for k, v in outcome["outputs"].items()})
+                        manifest.record(image_id, DONE, source=str(path), outputs=outputs, record=f"{image_id}.json")
+                        _log_photo(logger, pending.index(image_id), outcome)
+                        log.info("%s", photo_line(path, outcome, shown_notes))
+                    progress.finish_photo()
     finally:
         progress.close()
+
+
+def _batch_name(paths: Sequence[Path]) -> str:
+    """What the progress bar shows for a batch of photos: the first one's name, and how many go with it."""
+    return paths[0].name if len(paths) == 1 else f"{paths[0].name} +{len(paths) - 1}"
 
 
 def photo_line(path: Path, record: dict[str, Any], shown: set[str]) -> str:

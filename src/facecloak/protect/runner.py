@@ -94,7 +94,7 @@ def _protect_share(
     from facecloak.runtime.progress import JobProgress
     from facecloak.runtime.trainer import build_logger, closing_logger
 
-    pending = [i for i in mine if not manifest.is_done(i)]
+    pending = unfinished(manifest, mine)
     if len(pending) < len(mine):
         skipped = len(mine) - len(pending)
         log.info("%d of %d photo(s) already protected in %s: skipping them", skipped, len(mine), out_dir)
@@ -111,14 +111,15 @@ def _protect_share(
             protector = build_protector(config, out_dir / STAGE_DIR_NAME, logger, [progress]) if pending else None
             shown_notes: set[str] = set()
             # Batches are fixed groups of this rank's photos, whatever is already done, so a resumed job batches the
-            # unfinished photos of a group as the killed run did (a partly recorded group has all its stage-1 state).
+            # unfinished photos of a group as the killed run did.
             size, todo = config.protect.batch_faces, set(pending)
             groups = [[i for i in mine[start : start + size] if i in todo] for start in range(0, len(mine), size)]
             for batch in ([(ids[image_id], image_id) for image_id in group] for group in groups if group):
                 progress.start_photo(_batch_name([path for path, _ in batch]))
                 assert protector is not None
                 outcomes = protector.protect_photos(batch, out_dir)
-                # Each photo is recorded on its own: a killed job redoes only the photos without a record.
+                ids_of = [image_id for _, image_id in batch]
+                # Each photo is recorded on its own, with its batch: a kill between two records reopens the batch.
                 for (path, image_id), outcome in zip(batch, outcomes):
                     if isinstance(outcome, FacecloakError):
                         log.warning("%s: %s", path, outcome)
@@ -126,12 +127,26 @@ def _protect_share(
                     else:
                         outputs = dict(outcome["outputs"])
                         outputs.update({f"{k}_sha256": file_sha256(Path(v)) for k, v in outcome["outputs"].items()})
-                        manifest.record(image_id, DONE, source=str(path), outputs=outputs, record=f"{image_id}.json")
+                        manifest.record(
+                            image_id, DONE, source=str(path), outputs=outputs, record=f"{image_id}.json", batch=ids_of
+                        )
                         _log_photo(logger, pending.index(image_id), outcome)
                         log.info("%s", photo_line(path, outcome, shown_notes))
                     progress.finish_photo()
     finally:
         progress.close()
+
+
+def unfinished(manifest: JobManifest, mine: Sequence[str]) -> list[str]:
+    """The photos of ``mine`` to protect: those not done, and the batch-mates of a photo a kill left unrecorded.
+
+    A batch's photos are recorded one after another; a kill in between leaves some recorded and some not. The whole
+    batch is then redone, so its faces are batched as before and give the same bits (recorded outputs are rewritten
+    with identical bytes); a photo merely added to the job never reopens finished batches.
+    """
+    entries = manifest.photos
+    cut_short = {i for i in mine if any(mate not in entries for mate in entries.get(i, {}).get("batch", []))}
+    return [i for i in mine if i in cut_short or not manifest.is_done(i)]
 
 
 def _batch_name(paths: Sequence[Path]) -> str:

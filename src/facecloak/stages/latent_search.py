@@ -66,6 +66,7 @@ from facecloak.stages.latent_search_io import (
     collect_results,
     image_rng,
 )
+from facecloak.stages.tuned_generator import render_per_image, stack_weights
 
 # --- the LightningModule ---------------------------------------------------------------------------------------------
 
@@ -136,6 +137,7 @@ class AdversarialLatentSearch(L.LightningModule):
             visibility = texture_visibility(self.anchor, config.change_flat_share)
         self.register_buffer("change_visibility", visibility, persistent=False)
         self._anchor_offset: Tensor | None = None
+        self._stacked: dict[str, Tensor] | None = None  # per-image generators' weights, stacked on first render
         self._pivot_generated: Tensor | None = None
         self._pivot_images: Tensor | None = None
         self.latent = nn.Parameter(pivots[:, list(self.layers)].clone())
@@ -202,10 +204,10 @@ class AdversarialLatentSearch(L.LightningModule):
         generators = self.frozen.generators
         if len(generators) == 1:
             images = generators[0].synthesis(wplus, noise)
-        else:
-            images = torch.cat(
-                [g.synthesis(wplus[i : i + 1], [n[i : i + 1] for n in noise]) for i, g in enumerate(generators)]
-            )
+        else:  # one tuned generator per image, run as one batch over their stacked weights
+            if self._stacked is None:
+                self._stacked = stack_weights(generators)
+            images = render_per_image(generators[0], self._stacked, wplus, noise)
         return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
 
     # --- losses ---
@@ -269,6 +271,7 @@ class AdversarialLatentSearch(L.LightningModule):
     def on_fit_start(self) -> None:
         """Move the frozen networks here, seed per-image streams, measure the pivot render."""
         self.frozen.to(self.device)
+        self._stacked = None  # stacked again from the generators on this device
         c = self.config
         self._clip_rngs = [image_rng(c.seed, i, "clip") for i in self.image_ids]
         self._degradations = (

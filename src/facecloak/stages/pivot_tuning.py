@@ -32,14 +32,13 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
 
 from facecloak.inversion.projector import per_image_mse
 from facecloak.losses.perceptual import build_perceptual, resize_for_loss
 from facecloak.models.stylegan2 import Generator
 from facecloak.stages.fit import build_trainer, quiet_fit, same_batch_loader
 from facecloak.stages.pivot_tuning_config import PivotTuningConfig
-from facecloak.stages.tuned_generator import TuningResult, tuned_parameter_names
+from facecloak.stages.tuned_generator import TuningResult, render_per_image, tuned_parameter_names
 
 
 def image_noise(generator: Generator, image_id: str, seed: int) -> list[Tensor]:
@@ -135,15 +134,8 @@ class PivotTuning(L.LightningModule):
     def render(self, pivots: Tensor, noise: Sequence[Tensor]) -> Tensor:
         """Render image i with weights ``base + delta[i]``: ``[N, 3, size, size]``."""
         base = dict(self.generator.named_parameters())
-
-        def render_one(deltas: tuple[Tensor, ...], wplus: Tensor, maps: tuple[Tensor, ...]) -> Tensor:
-            weights = {name: base[name] + d for name, d in zip(self.tuned_names, deltas)}
-            image, _ = functional_call(
-                self.generator, weights, ([wplus[None]],), {"input_is_latent": True, "noise": [m[None] for m in maps]}
-            )
-            return image[0]
-
-        return vmap(render_one)(tuple(self.deltas), pivots, tuple(noise))
+        weights = {name: base[name] + d for name, d in zip(self.tuned_names, self.deltas)}
+        return render_per_image(self.generator, weights, pivots, noise)
 
     def losses(self, batch: dict) -> dict[str, Tensor]:
         """Per-image loss terms ``[N]`` of the current offsets."""

@@ -42,6 +42,7 @@ from facecloak.io.images import Photo, load_photo, save_image, save_png
 from facecloak.losses.identity import AdversarialIdentityLoss, Mode
 from facecloak.models.fr.zoo import FaceEmbedder, load_fr_model
 from facecloak.models.stylegan2 import Generator, GeneratorConfig, load_stylegan2_checkpoint
+from facecloak.protect.report import face_notes, side_by_side, small_photo_hint
 from facecloak.registry.store import resolve_one
 from facecloak.verify.judge import FaceJudge, Role
 from facecloak.verify.thresholds import Threshold, build_threshold_table
@@ -53,7 +54,6 @@ NO_FACE_PRIOR_NOTE = (
     "generator without pretrained weights: it has no face prior, so naturalness comes only from pivot tuning "
     "and paste-back; use the FFHQ checkpoint (facecloak weights fetch stylegan2_ffhq_1024) for the paper's method"
 )
-SIDE_BY_SIDE_HEIGHT = 512
 STAGE1 = "stage1_invert_tune"
 STAGE2 = "stage2_search"
 """CLIP2Protect's two stages per face, as :attr:`PhotoJob.measure_stage` names them to whoever measures them."""
@@ -252,7 +252,7 @@ class PhotoProtector(PhotoJob, ABC):
     def judge_face(self, original: Photo, saved_rgb: np.ndarray, face: Face, record: dict[str, Any]) -> None:
         """Method-specific measurements of one face on the saved photo, added to its record (default: none)."""
 
-    # --- per photo ---
+    # --- per batch of faces ---
 
     def protect_faces(self, tasks: Sequence[FaceTask]) -> list[FaceProtection | FacecloakError]:
         """Every face of a batch of photos, in order; a face's own error is its outcome (default: one at a time)."""
@@ -314,7 +314,7 @@ class PhotoProtector(PhotoJob, ABC):
         found = detect_with_config(photo.rgb, self.detector, self.config.faces)
         faces = found[: self.config.protect.max_faces]
         if not faces:
-            raise NoFaceError(f"no face detected in {path}{_small_photo_hint(photo, self.config.faces.min_face_size)}")
+            raise NoFaceError(f"no face detected in {path}{small_photo_hint(photo, self.config.faces.min_face_size)}")
         return PreparedPhoto(path, image_id, full, photo, faces, len(found), time.perf_counter() - started)
 
     def _finish(
@@ -395,47 +395,5 @@ class PhotoProtector(PhotoJob, ABC):
             record["fr"] = {name: verdict.to_record() for name, verdict in verdicts.items()}
 
 
-JUDGEABLE_FACE_SIDE = 32
-"""Face-recognition models look at 112-160 px crops; a face under this many pixels a side is mostly upsampling
-blur to them, so similarities measured on it say little about how it would fare at a readable size."""
-
-
-def face_notes(faces: list[Face], found: int, max_faces: int) -> list[str]:
-    """Notes about the faces: ones left unprotected by ``protect.max_faces``, ones too small to judge."""
-    notes = []
-    if found > len(faces):
-        notes.append(f"{found} faces found, only the {max_faces} largest protected (raise protect.max_faces)")
-    for index, face in enumerate(faces):
-        side = min(face.width, face.box[3] - face.box[1])
-        if side < JUDGEABLE_FACE_SIDE:
-            notes.append(
-                f"face {index} is {side:.0f} px, below the {JUDGEABLE_FACE_SIDE} px where protection can be judged: "
-                "its verdicts are unreliable"
-            )
-    return notes
-
-
-def _small_photo_hint(photo: Photo, min_face_size: int) -> str:
-    """Why a small photo may show no face: the detector skips faces under ``faces.min_face_size`` pixels."""
-    if min(photo.size) >= 4 * min_face_size:
-        return ""
-    return (
-        f" (a {photo.size[1]}×{photo.size[0]} photo: faces under faces.min_face_size={min_face_size} px are not "
-        "searched; protection cannot be judged on faces that small)"
-    )
-
-
 def _unmeasured(stage: str) -> AbstractContextManager[Any]:
     return nullcontext()
-
-
-def side_by_side(before: np.ndarray, after: np.ndarray, height: int = SIDE_BY_SIDE_HEIGHT) -> np.ndarray:
-    """Original and protected photo next to each other, scaled to a common height."""
-    import cv2
-
-    scale = min(1.0, height / before.shape[0])
-    size = (max(1, round(before.shape[1] * scale)), max(1, round(before.shape[0] * scale)))
-    left = cv2.resize(before, size, interpolation=cv2.INTER_AREA)
-    right = cv2.resize(after, size, interpolation=cv2.INTER_AREA)
-    gap = np.full((size[1], 8, 3), 255, np.uint8)
-    return np.concatenate([left, gap, right], axis=1)

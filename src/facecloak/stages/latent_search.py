@@ -20,7 +20,8 @@ the second half of the W+ slots plus the one just before it (``n_latent // 2 - 1
 for 18 slots. Slots outside the set are not parameters at all: W+ is rebuilt every step from the pivot and the
 trainable slots, so they keep the pivot's values bit for bit.
 
-Images are independent. Each has its own latents, noise, generator (or one shared generator), reference embeddings,
+Images are independent. Each has its own latents, noise, generator (or one shared generator; per-image generators
+render as one ``vmap`` batch over their stacked weights), reference embeddings,
 random streams (seeded from the run seed and the image id, so an image's run does not depend on its batch-mates)
 and early stop: once every attacked model passes its threshold with the margin, the image's latents and noise are
 frozen at the values that passed (restored after every later optimizer step, since Adam's momentum would keep

@@ -25,8 +25,9 @@ from facecloak.config.compose import compose
 from facecloak.errors import ConfigError
 from facecloak.io.images import load_photo
 from facecloak.protect.clip2protect import AlignedWork, Protector
-from facecloak.protect.job import ENTRIES_DIR, STAGE_DIR_NAME
+from facecloak.protect.job import DONE, ENTRIES_DIR, FAILED, STAGE_DIR_NAME, JobManifest
 from facecloak.protect.methods import build_protector
+from facecloak.protect.runner import unfinished
 from test_protect import TINY
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -180,6 +181,15 @@ def test_a_killed_batched_job_resumes_photo_by_photo(batched_job, tmp_path: Path
     second.unlink()
     assert main(args) == 0
     assert _digests(resumed) == expected  # the same batch reran, bit for bit
+
+
+def test_only_a_batch_cut_short_reopens_its_recorded_photos(tmp_path: Path) -> None:
+    manifest = JobManifest.open(tmp_path, "fingerprint")
+    manifest.record("a", DONE, batch=["a", "b", "c"])
+    manifest.record("b", FAILED)  # failures are retried alone; they never reopen their batch
+    manifest.record("c", DONE, batch=["a", "b", "c"])
+    manifest.record("d", DONE, batch=["d", "e"])  # killed before e was recorded
+    assert unfinished(manifest, ["a", "b", "c", "d", "e", "f"]) == ["b", "d", "e", "f"]  # f: added to the job
 
 
 def test_batch_faces_is_validated_with_the_key_named() -> None:

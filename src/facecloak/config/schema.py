@@ -130,8 +130,10 @@ class ProtectSettings:
     jpeg_quality: int = 95
     max_faces: int = 8
     # CLIP2Protect: faces optimised together (the faces of up to this many photos, at most this many per stage run)
-    # through the projector, pivot tuning and the search, each with its own latents, noise, optimiser state, tuned
-    # generator offsets and early stop; results equal batch-1 runs up to float round-off. map and warp: 1 only.
+    # through the projector, pivot tuning (a vmap over per-face generator offsets: each face still gets its own tuned
+    # generator) and the search, each face with its own latents, noise, optimiser state and early stop; one Trainer
+    # per stage per batch. Equal to batch-1 runs in float64; float32 outputs differ at the round-off Adam amplifies
+    # (docs/operations.md). Pays on a GPU, not on a CPU. map and warp: 1 only.
     batch_faces: int = 1
     # Checkpoints of finished stages, so an interrupted photo resumes from its last stage.
     keep_stage_checkpoints: bool = True

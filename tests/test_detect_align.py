@@ -286,6 +286,27 @@ def test_align_tensor_antialiases_large_faces(found: Found) -> None:
     assert np.abs(smooth - reference).mean() < np.abs(aliased - reference).mean()
 
 
+def test_align_tensor_reads_no_device_value() -> None:
+    """Called every search step: on meta tensors (no data) any host read of a value would raise."""
+    images = torch.empty(2, 3, 1024, 1024, device="meta")
+    crops = align_tensor(images, torch.empty(2, 5, 2, device="meta"), ARCFACE_112)
+    assert crops.shape == (2, 3, 112, 112) and crops.device.type == "meta"
+
+
+def test_align_tensor_crops_each_image_as_if_alone() -> None:
+    """The antialiasing blur is per image: a small face next to a large one is cropped exactly as on its own."""
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 512, 512)
+    template = ARCFACE_112.points_array()
+    landmarks = torch.from_numpy(np.stack([template * 3.0 + 20, template * 1.5 + 100])).float()  # shrink 3 and 1.5
+    together = align_tensor(images, landmarks, ARCFACE_112)
+    for k in range(2):
+        alone = align_tensor(images[k : k + 1], landmarks[k : k + 1], ARCFACE_112)
+        torch.testing.assert_close(together[k : k + 1], alone, rtol=0, atol=1e-6)
+    unblurred = align_tensor(images[1:], landmarks[1:], ARCFACE_112, antialias=False)
+    torch.testing.assert_close(together[1:], unblurred, rtol=0, atol=1e-6)  # minifies by < 2: no blur
+
+
 # ------------------------------------------------------------------------------------------ FFHQ alignment
 
 

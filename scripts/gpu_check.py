@@ -116,7 +116,7 @@ def part_env() -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": packages,
         "cuda_available": torch.cuda.is_available(),
-        "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
+        "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.machine()})",
         "optional_absent": [m for m in OPTIONAL_IMPORTS if importlib.util.find_spec(m) is None],
         "facecloak": str(Path(facecloak.__file__).parent),
     }
@@ -158,18 +158,15 @@ def part_e2e(precision: str) -> dict[str, Any]:
     from facecloak.evaluation.metered_protect import StageMeter
     from facecloak.protect.methods import build_protector
     from facecloak.protect.pipeline import image_id_for
+    from facecloak.stages import pivot_tuning
 
     out = Path(os.environ["GPU_CHECK_WORK"]) / f"e2e_{precision}"
     config = compose(overrides(precision=precision))
     protector = build_protector(config, stage_dir=out / ".stages")
     meter = StageMeter(protector, protector.device)
-    invert = protector.invert  # the projector, measured apart from pivot tuning
-
-    def measured_invert(work: Any) -> Any:
-        with meter.stage("projector"):
-            return invert(work)
-
-    protector.invert = measured_invert  # type: ignore[method-assign]
+    protector.invert = _measured(meter, "projector", protector.invert)  # type: ignore[method-assign]
+    if hasattr(pivot_tuning, "tune_images"):  # looked up when stage 1 runs, so the measured one is called
+        pivot_tuning.tune_images = _measured(meter, "pivot", pivot_tuning.tune_images)
     rows = []
     for path in photos():
         meter.costs = CostLog()
@@ -187,6 +184,16 @@ def part_e2e(precision: str) -> dict[str, Any]:
         "stages_warm": summarise_costs([r["stages"] for r in warm]),
         "seconds_per_face_warm": sum(r["seconds"] for r in warm) / sum(r["faces"] for r in warm),
     }
+
+
+def _measured(meter: Any, stage: str, run: Callable[..., Any]) -> Callable[..., Any]:
+    """``run`` timed and memory-measured as one more stage of the photo's costs."""
+
+    def measured(*args: Any, **kwargs: Any) -> Any:
+        with meter.stage(stage):
+            return run(*args, **kwargs)
+
+    return measured
 
 
 def part_batch() -> dict[str, Any]:

@@ -242,29 +242,34 @@ def _max_abs_diff(a: Any, b: Any) -> int:
 
 
 def part_torchrun() -> dict[str, Any]:
-    """Two ranks on one device (torchrun) write the outputs one rank writes, bit for bit."""
+    """Two ranks on one device (torchrun) write what one rank writes: bit for bit, or within one level per pixel.
+
+    Not ``trainer.deterministic``: PyTorch has no deterministic CUDA kernel for the backward of ``grid_sample``
+    (the FR crops), so two runs may differ in the last bits there; the report says which of the two held.
+    """
     steps = {k: 1 for k in PAPER_STEPS} if small() else {"projector": 5, "pivot": 5, "search": 5}
-    base = overrides(steps) + (["trainer.deterministic=true"] if device() == "cuda" else [])
+    base = overrides(steps)
     if not small():  # equality, not speed, is checked here: a 256 px generator keeps the part short
         base = [o for o in base if not o.startswith("generator.size")] + ["generator.size=256"]
     work = Path(os.environ["GPU_CHECK_WORK"])
     args = ["-m", "facecloak.cli.main", "protect", *map(str, photos())]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "LOCAL_", "WORLD_", "MASTER_", "SLURM_"))}
-    digests = {}
+    outputs, digests = {}, {}
     for ranks, launcher in ((1, []), (2, ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])):
         out = work / f"torchrun_{ranks}"
-        cmd = [sys.executable, *launcher, *args, "--out", str(out), *base]
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, *launcher, *args, "--out", str(out), *base], cwd=ROOT, env=env,
+                              capture_output=True, text=True)  # fmt: skip
         if done.returncode:
-            return {
-                "status": "failed",
-                "reason": f"{ranks} rank(s) exited {done.returncode}",
-                "tail": done.stderr[-2000:],
-            }
+            reason = f"{ranks} rank(s) exited {done.returncode}"
+            return {"status": "failed", "reason": reason, "tail": done.stderr[-2000:]}
         digests[ranks] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.png"))}
-    equal = digests[1] == digests[2] and bool(digests[1])
-    return {"status": "ok" if equal else "failed", "reason": "" if equal else "2-rank outputs differ from 1 rank",
-            "outputs": len(digests[1]), "equal": equal, "settings": base}  # fmt: skip
+        outputs[ranks] = _pixels(out)
+    if not digests[1] or digests[1].keys() != digests[2].keys():
+        return {"status": "failed", "reason": f"outputs {sorted(digests[1])} vs {sorted(digests[2])}"}
+    diff = max(_max_abs_diff(outputs[1][k], outputs[2][k]) for k in outputs[1])
+    equal = digests[1] == digests[2]
+    return {"status": "ok" if diff <= 1 else "failed", "reason": "" if diff <= 1 else "2-rank outputs differ",
+            "outputs": len(digests[1]), "equal": equal, "max_abs_pixel_diff": diff, "settings": base}  # fmt: skip
 
 
 PART_RUNNERS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -346,9 +351,9 @@ def markdown(result: dict[str, Any]) -> str:
                   f"(max pixel change {batch['max_abs_pixel_diff']})", ""]  # fmt: skip
         lines += [f"- batch {k}: {v['seconds']:.1f} s, {v['faces_per_second']:.3f} faces/s" for k, v in runs.items()]
     run2 = parts["torchrun"]
-    if run2["status"] in ("ok", "failed") and "equal" in run2:
-        lines += ["", f"## torchrun: 2 ranks {'equal' if run2['equal'] else 'DIFFER from'} 1 rank "
-                  f"({run2['outputs']} outputs)"]  # fmt: skip
+    if "equal" in run2:
+        same = "equal" if run2["equal"] else f"within {run2['max_abs_pixel_diff']} level(s) of"
+        lines += ["", f"## torchrun: 2 ranks {same} 1 rank ({run2['outputs']} outputs)"]
     return "\n".join(lines) + "\n"
 
 

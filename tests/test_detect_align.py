@@ -329,9 +329,9 @@ def test_faceapi_landmarks68_agree_with_dlib_and_mtcnn(found: Found, name: str) 
     assert apart.mean() < FACEAPI_VS_DLIB_MAX_IOD and apart[INNER_POINTS].mean() < FACEAPI_VS_DLIB_INNER_MAX_IOD
     five = landmarks5_from_68(ours)
     assert np.linalg.norm(five - face.landmarks5, axis=1).mean() < FACEAPI_VS_MTCNN_MAX_IOD * eye_distance
-    with pytest.raises(ConfigError, match="faces.landmarks68"):
+    with pytest.raises(ConfigError, match=r"faces\.landmarks68"):
         landmarks68(rgb, face, "mediapipe")
-    with pytest.raises(ConfigError, match="faces.landmarks68"):
+    with pytest.raises(ConfigError, match=r"faces\.landmarks68"):
         FacesConfig(landmarks68="mediapipe")
 
 

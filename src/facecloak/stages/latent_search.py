@@ -84,6 +84,7 @@ class AdversarialLatentSearch(L.LightningModule):
     layer_index: Tensor
     landmarks5: Tensor
     stopped_at: Tensor
+    stop_latent: Tensor
 
     anchor: Tensor | None
     change_mask: Tensor | None
@@ -299,7 +300,7 @@ class AdversarialLatentSearch(L.LightningModule):
         The look is a host read (a GPU sync), so it comes at the Trainer's ``log_every_n_steps`` cadence. Steps run
         after the last image stopped change nothing: every stopped image is put back after each optimizer step.
         """
-        if self.global_step % self.trainer.log_every_n_steps:
+        if self.global_step % int(getattr(self.trainer, "log_every_n_steps", 1)):
             return None
         return -1 if bool((self.stopped_at >= 0).all()) else None
 
@@ -321,13 +322,15 @@ class AdversarialLatentSearch(L.LightningModule):
         self.log("search/active_images", active.sum(), batch_size=batch_size)
         return (terms["loss"] * active).sum()
 
-    def _stop_noise(self) -> list[Tensor]:
-        return [getattr(self, f"stop_noise_{k}") for k in range(len(self.noise))]
+    def _held_and_trained(self) -> list[tuple[Tensor, Tensor]]:
+        """Each trainable tensor (latents, noise maps) with the values its stopped images are held at."""
+        held = [self.stop_latent, *(getattr(self, f"stop_noise_{k}") for k in range(len(self.noise)))]
+        return list(zip(held, [self.latent, *self.noise]))
 
     def _hold(self, images: Tensor) -> None:
         """Keep the current values of ``images`` (a ``[B]`` mask) as the ones they are put back to."""
         with torch.no_grad():
-            for held, param in zip([self.stop_latent, *self._stop_noise()], [self.latent, *self.noise]):
+            for held, param in self._held_and_trained():
                 mask = images.view(-1, *[1] * (param.ndim - 1))
                 held.copy_(torch.where(mask, param.detach(), held))
 
@@ -345,7 +348,7 @@ class AdversarialLatentSearch(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         stopped = self.stopped_at >= 0
         with torch.no_grad():
-            for held, param in zip([self.stop_latent, *self._stop_noise()], [self.latent, *self.noise]):
+            for held, param in self._held_and_trained():
                 param.copy_(torch.where(stopped.view(-1, *[1] * (param.ndim - 1)), held, param))
 
     def on_train_end(self) -> None:

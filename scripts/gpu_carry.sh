@@ -56,7 +56,10 @@ for pin in "${pins[@]}"; do
   done
   echo "${pin%%==*}" >>"$CARRY/requirements.txt"
 done
+leftovers=()  # what building facecloak's wheel writes into the checkout, removed unless it was there before
+for path in "$ROOT/build" "$ROOT/src/facecloak.egg-info"; do [ -e "$path" ] || leftovers+=("$path"); done
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$CARRY/wheels" "$ROOT" >/dev/null
+rm -rf "${leftovers[@]}"
 echo facecloak >>"$CARRY/requirements.txt"
 
 # --- weights and photos ----------------------------------------------------------------------------------------------

@@ -310,10 +310,11 @@ def test_align_tensor_crops_each_image_as_if_alone() -> None:
 
 
 FACEAPI_VS_DLIB_MAX_IOD = 0.15
-"""face-api's 68 points against dlib's, mean distance in eye distances (measured 0.07-0.13: the jaw line differs)."""
+"""face-api's 68 points against dlib's, mean distance in eye distances (0.07-0.13 on 21 photos: the jaw differs)."""
 INNER_POINTS = slice(17, 68)
 """Brows, nose, eyes and mouth: where the two predictors agree best, and what FFHQ alignment uses."""
-FACEAPI_VS_DLIB_INNER_MAX_IOD = 0.08
+FACEAPI_VS_DLIB_INNER_MAX_IOD = 0.10
+"""The same over the inner points (0.05-0.08 on 21 photos)."""
 FACEAPI_VS_MTCNN_MAX_IOD = 0.08
 """Their five-point set against MTCNN's own landmarks (measured 0.03-0.06; dlib's own: 0.03-0.05)."""
 

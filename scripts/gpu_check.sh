@@ -32,13 +32,19 @@ elapsed() { echo $(($(date +%s) - START)); }
 # --- environment: carried wheels offline into a venv that sees the machine's torch -------------------------------
 install_carry() {
   local venv=$WORK/venv
-  "$PY" -m venv --system-site-packages "$venv" || return 1
-  # A venv made from a venv's python sees the base interpreter's packages, not that venv's: add them by name.
-  "$PY" -c 'import site, sys; print("\n".join(p for p in site.getsitepackages() + [site.getusersitepackages()]))' \
-    >"$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/gpu_check_parent.pth"
-  "$venv/bin/python" -m pip install -q --no-index --no-deps --no-compile --find-links "$CARRY/wheels" \
-    -r "$CARRY/requirements.txt" >>"$OUT/gpu_check.log" 2>&1 || return 1
-  PY=$venv/bin/python
+  if "$PY" -m venv --system-site-packages "$venv" >>"$OUT/gpu_check.log" 2>&1; then
+    # A venv made from a venv's python sees the base interpreter's packages, not that venv's: add them by name.
+    "$PY" -c 'import site; print("\n".join(site.getsitepackages() + [site.getusersitepackages()]))' \
+      >"$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/gpu_check_parent.pth"
+    "$venv/bin/python" -m pip install -q --no-index --no-deps --no-compile --find-links "$CARRY/wheels" \
+      -r "$CARRY/requirements.txt" >>"$OUT/gpu_check.log" 2>&1 || return 1
+    PY=$venv/bin/python
+  else  # no ensurepip (a distribution's python without its venv package): a plain folder on PYTHONPATH instead
+    log "no venv here; installing the wheels into $WORK/site"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --find-links "$CARRY/wheels" --target "$WORK/site" \
+      -r "$CARRY/requirements.txt" >>"$OUT/gpu_check.log" 2>&1 || return 1
+    export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
 }
 
 if [ -f "$CARRY/requirements.txt" ]; then

@@ -32,7 +32,8 @@ from facecloak.config.schema import AppConfig, GeneratorSettings
 from facecloak.errors import FacecloakError, NoFaceError
 from facecloak.faces.align import AlignedFace, align_ffhq, transform_points
 from facecloak.faces.crops import detect_with_config, detector_from_config
-from facecloak.faces.detect import Face, dlib_landmarks68
+from facecloak.faces.detect import Face
+from facecloak.faces.landmarks68 import landmarks68
 from facecloak.faces.pasteback import paste_back
 from facecloak.faces.regions import face_region_mask
 from facecloak.io.images import Photo, load_photo, save_image, save_png
@@ -214,17 +215,17 @@ class FaceInverter(PhotoJob):
         return encoder.eval().requires_grad_(False).to(self.device)
 
     def align(self, photo: Photo, face: Face) -> AlignedWork:
-        """FFHQ-align a face at the generator's resolution (68 dlib points), with its 5 landmarks in crop pixels."""
+        """FFHQ-align a face at the generator's resolution (68 points), with its 5 landmarks in crop pixels."""
         size = self.generator.config.size
-        landmarks68 = dlib_landmarks68(photo.rgb, face)
-        aligned = align_ffhq(photo.rgb, landmarks68, size=size)
+        points68 = landmarks68(photo.rgb, face, self.config.faces.landmarks68)
+        aligned = align_ffhq(photo.rgb, points68, size=size)
         landmarks = transform_points(aligned.matrix, face.landmarks5)
         return AlignedWork(
             face,
             aligned,
             to_tensor01(aligned.crop, self.device),
             torch.as_tensor(landmarks, dtype=torch.float32, device=self.device)[None],
-            face_region_mask(transform_points(aligned.matrix, landmarks68), (size, size)),
+            face_region_mask(transform_points(aligned.matrix, points68), (size, size)),
         )
 
     def invert(self, work: AlignedWork) -> tuple[torch.Tensor, list[torch.Tensor] | None]:

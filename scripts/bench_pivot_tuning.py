@@ -16,12 +16,12 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from facecloak.models.stylegan2 import Generator, GeneratorConfig
+from facecloak.runtime.clock import device_clock
 from facecloak.stages.artifacts import save_artifact
 from facecloak.stages.pivot_tuning import tune_images
 from facecloak.stages.pivot_tuning_config import PivotTuningConfig
@@ -46,12 +46,12 @@ def peak_rss_mib() -> float:
 def run_case(size: int, batch: int, steps: int, perceptual: str, device: str, seed: int) -> dict:
     """Tune ``batch`` random images once with a random full-width generator and measure it."""
     torch.manual_seed(seed)
-    started = time.perf_counter()
+    started = device_clock(device)
     generator = Generator(GeneratorConfig(size=size, style_dim=STYLE_DIM, n_mlp=N_MLP)).eval().to(device)
     pivots = generator.mean_latent(MEAN_LATENT_SAMPLES)[:, None].repeat(batch, generator.n_latent, 1)
     images = torch.rand(batch, 3, size, size, device=device) * 2 - 1
     ids = [f"bench{i}" for i in range(batch)]
-    setup_s = time.perf_counter() - started
+    setup_s = device_clock(device) - started
     rss_setup = rss_mib()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -59,9 +59,9 @@ def run_case(size: int, batch: int, steps: int, perceptual: str, device: str, se
     config = PivotTuningConfig(steps=steps, batch_size=batch, perceptual=perceptual)
     accelerator = "gpu" if device == "cuda" else "cpu"
     trainer = {"accelerator": accelerator, "enable_progress_bar": False}
-    started = time.perf_counter()
+    started = device_clock(device)
     results = tune_images(generator, images, pivots, ids, config, trainer)
-    run_s = time.perf_counter() - started
+    run_s = device_clock(device) - started
 
     row = {
         "size": size,

@@ -14,7 +14,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,19 +26,20 @@ from facecloak.faces.templates import get_template
 from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
 from facecloak.models.fr.zoo import load_fr_model
 from facecloak.protect.pipeline import build_generator
+from facecloak.runtime.clock import device_clock
 from facecloak.stages.latent_search import search_latents
 from facecloak.stages.pivot_tuning import tune_images
 
 
 class StepClock(L.Callback):
-    """Wall time of every optimisation step after the first."""
+    """Wall time of every optimisation step after the first (the GPU's queued work included)."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
 
-    def on_train_batch_end(self, *args: Any) -> None:
-        """Record the moment each step ends."""
-        self.times.append(time.perf_counter())
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        """Record the moment each step's work ends."""
+        self.times.append(device_clock(module.device))
 
     def seconds_per_step(self) -> float:
         """Mean time between step ends, skipping the warm-up step."""

@@ -32,6 +32,8 @@ from facecloak.faces import (
     template_names,
     transform_points,
 )
+from facecloak.faces.config import FacesConfig
+from facecloak.faces.landmarks68 import landmarks68
 from facecloak.faces.templates import ARCFACE_112, SPHEREFACE_112X96
 from facecloak.io import load_photo
 
@@ -284,6 +286,54 @@ def test_align_tensor_antialiases_large_faces(found: Found) -> None:
     aliased = align_tensor(image, landmarks, ARCFACE_112, antialias=False)[0].permute(1, 2, 0).numpy()
     reference = align_face(rgb, face.landmarks5, ARCFACE_112).crop.astype(np.float32)  # area-downsampled
     assert np.abs(smooth - reference).mean() < np.abs(aliased - reference).mean()
+
+
+def test_align_tensor_reads_no_device_value() -> None:
+    """Called every search step: on meta tensors (no data) any host read of a value would raise."""
+    images = torch.empty(2, 3, 1024, 1024, device="meta")
+    crops = align_tensor(images, torch.empty(2, 5, 2, device="meta"), ARCFACE_112)
+    assert crops.shape == (2, 3, 112, 112) and crops.device.type == "meta"
+
+
+def test_align_tensor_crops_each_image_as_if_alone() -> None:
+    """The antialiasing blur is per image: a small face next to a large one is cropped exactly as on its own."""
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 512, 512)
+    template = ARCFACE_112.points_array()
+    landmarks = torch.from_numpy(np.stack([template * 3.0 + 20, template * 1.5 + 100])).float()  # shrink 3 and 1.5
+    together = align_tensor(images, landmarks, ARCFACE_112)
+    for k in range(2):
+        alone = align_tensor(images[k : k + 1], landmarks[k : k + 1], ARCFACE_112)
+        torch.testing.assert_close(together[k : k + 1], alone, rtol=0, atol=1e-6)
+    unblurred = align_tensor(images[1:], landmarks[1:], ARCFACE_112, antialias=False)
+    torch.testing.assert_close(together[1:], unblurred, rtol=0, atol=1e-6)  # minifies by < 2: no blur
+
+
+FACEAPI_VS_DLIB_MAX_IOD = 0.15
+"""face-api's 68 points against dlib's, mean distance in eye distances (0.07-0.13 on 21 photos: the jaw differs)."""
+INNER_POINTS = slice(17, 68)
+"""Brows, nose, eyes and mouth: where the two predictors agree best, and what FFHQ alignment uses."""
+FACEAPI_VS_DLIB_INNER_MAX_IOD = 0.10
+"""The same over the inner points (0.05-0.08 on 21 photos)."""
+FACEAPI_VS_MTCNN_MAX_IOD = 0.08
+"""Their five-point set against MTCNN's own landmarks (measured 0.03-0.06; dlib's own: 0.03-0.05)."""
+
+
+@pytest.mark.parametrize("name", FRONTAL)
+def test_faceapi_landmarks68_agree_with_dlib_and_mtcnn(found: Found, name: str) -> None:
+    """``faces.landmarks68=faceapi`` (350 kB) stands in for dlib's 100 MB predictor: the same points, closely."""
+    rgb, (face, *_) = found(name)
+    ours = landmarks68(rgb, face, "faceapi")
+    eye_distance = np.linalg.norm(face.landmarks5[0] - face.landmarks5[1])
+    assert ours.shape == (68, 2)
+    apart = np.linalg.norm(ours - dlib_landmarks68(rgb, face), axis=1) / eye_distance
+    assert apart.mean() < FACEAPI_VS_DLIB_MAX_IOD and apart[INNER_POINTS].mean() < FACEAPI_VS_DLIB_INNER_MAX_IOD
+    five = landmarks5_from_68(ours)
+    assert np.linalg.norm(five - face.landmarks5, axis=1).mean() < FACEAPI_VS_MTCNN_MAX_IOD * eye_distance
+    with pytest.raises(ConfigError, match=r"faces\.landmarks68"):
+        landmarks68(rgb, face, "mediapipe")
+    with pytest.raises(ConfigError, match=r"faces\.landmarks68"):
+        FacesConfig(landmarks68="mediapipe")
 
 
 # ------------------------------------------------------------------------------------------ FFHQ alignment

@@ -6,6 +6,11 @@ for a narrow 64 px StyleGAN2 with 512-d styles, the four AMT-GAN FR networks and
 weights are rebuilt, facecloak's search runs with the preset's values (the reference's fixed W+ slots ``8:`` of
 this 10-slot generator set explicitly), and every recorded loss term, gradient and updated code is compared. No
 reference code is needed.
+
+The gradients sit on float32 PReLU kinks of the FR networks: a 1e-7 difference in the inputs, or another thread
+count, flips a few of them and moves the gradients by up to 1e-2 (see ``run_with_recording_threads``). So the search
+runs with the recording's thread count, each compared step starts from the reference's state before it (``search``),
+and three free-running steps are checked on what they produce (loss, W+ and noise after the last step).
 """
 
 from __future__ import annotations
@@ -97,7 +102,23 @@ def round_like_openai_loader(model: torch.nn.Module) -> None:
 
 
 class RecordingSearch(AdversarialLatentSearch):
-    """The search as users run it, keeping each step's loss terms and FR similarities for comparison."""
+    """The search as users run it, keeping each step's loss terms and FR similarities for comparison.
+
+    With ``replay`` (the reference's W+ slots and noise maps after each step), every step after the first starts from
+    the reference's state instead of its own, so each step's gradient and update are compared on identical inputs.
+    """
+
+    replay: list[tuple[Tensor, list[Tensor]]] | None = None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        stop = super().on_train_batch_start(batch, batch_idx)
+        if self.replay is not None and self.global_step > 0:
+            latent, maps = self.replay[self.global_step - 1]
+            with torch.no_grad():
+                self.latent.copy_(latent)
+                for param, value in zip(self.noise, maps, strict=True):
+                    param.copy_(value)
+        return stop
 
     def losses(self, images01: Tensor) -> Any:
         terms, sims = super().losses(images01)
@@ -111,7 +132,20 @@ class RecordingSearch(AdversarialLatentSearch):
         self.after.append([p.detach().clone() for p in (self.wplus(), *self.noise)])
 
 
-def run_facecloak(golden: dict[str, np.ndarray], fr_models: dict[str, FaceEmbedder]) -> RecordingSearch:
+def reference_states(golden: dict[str, np.ndarray]) -> list[tuple[Tensor, list[Tensor]]]:
+    """The reference's trainable state after each step: W+ slots ``REFERENCE_SLOTS`` and the noise maps."""
+    return [
+        (
+            torch.from_numpy(golden[f"step{k}/latent_after"][:, REFERENCE_SLOTS]),
+            [torch.from_numpy(golden[f"step{k}/noise_after_{i}"]) for i in range(9)],
+        )
+        for k in range(1, int(golden["steps"]) + 1)
+    ]
+
+
+def run_facecloak(
+    golden: dict[str, np.ndarray], fr_models: dict[str, FaceEmbedder], replay: bool = False
+) -> RecordingSearch:
     import open_clip
 
     steps, seed, image_id = int(golden["steps"]), int(golden["seed"]), str(golden["image_id"])
@@ -178,28 +212,38 @@ def run_facecloak(golden: dict[str, np.ndarray], fr_models: dict[str, FaceEmbedd
         clip_factory,
     )
     module.recorded, module.grads, module.after = [], [], []
+    module.replay = reference_states(golden) if replay else None
     trainer = L.Trainer(**{**TRAINER_DEFAULTS, "accelerator": "cpu", "max_steps": steps})
     quiet_fit(trainer, module, steps_loader(module.config.steps))
     return module
 
 
+def run_with_recording_threads(
+    golden: dict[str, np.ndarray], fr_models: dict[str, FaceEmbedder], replay: bool
+) -> RecordingSearch:
+    """The search run with the recording's intra-op thread count (1).
+
+    Needed for the gradients: at this point the FR networks' float32 input gradients sit on PReLU kinks (one
+    pre-activation of IR-SE-50 is 2.1e-7 in float64, -1.2e-7 in float32), and the thread count changes how the
+    kernels round, hence which slope the kink takes. The reference itself moves by 9.75e-4 relative in the latent
+    gradient between 1 and 2 threads; facecloak and the reference agree to 1e-6 at the same count (measured; see
+    ``scripts/make_golden_paper_step.py``).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(golden["torch_threads"]))
+    try:
+        return run_facecloak(golden, fr_models, replay)
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def search(golden: dict[str, np.ndarray], fr_models: dict[str, FaceEmbedder]) -> RecordingSearch:
-    return run_facecloak(golden, fr_models)
+    """Each step from the reference's state before it (its own Adam state, the reference's W+ and noise)."""
+    return run_with_recording_threads(golden, fr_models, replay=True)
 
 
-GRADIENT_GAP = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "open: step-1 latent gradient off by 9.8e-4 relative (noise maps 3-4e-3) although every step-1 loss term "
-        "matches to 1e-5; the generator (bit-identical), the CLIP branch (image gradient 2e-6) and each FR network "
-        "(2e-6 on the reference's exact input) match in isolation, so the gap is in how they are combined; later "
-        "steps inherit it through Adam"
-    ),
-)
-
-
-@pytest.mark.parametrize("step", [1, pytest.param(2, marks=GRADIENT_GAP), pytest.param(3, marks=GRADIENT_GAP)])
+@pytest.mark.parametrize("step", [1, 2, 3])
 def test_golden_paper_step_losses(golden: dict[str, np.ndarray], search: RecordingSearch, step: int) -> None:
     terms, sims = search.recorded[step - 1]
     ref = {k.split("/", 1)[1]: v for k, v in golden.items() if k.startswith(f"step{step}/")}
@@ -211,8 +255,7 @@ def test_golden_paper_step_losses(golden: dict[str, np.ndarray], search: Recordi
     rel_close(terms["loss"][0], ref["loss"], LOSS_RTOL, f"step {step} total")
 
 
-@GRADIENT_GAP
-@pytest.mark.parametrize("step", [1, 3])
+@pytest.mark.parametrize("step", [1, 2, 3])
 def test_golden_paper_step_gradients_and_update(
     golden: dict[str, np.ndarray], search: RecordingSearch, step: int
 ) -> None:
@@ -250,3 +293,28 @@ def test_golden_paper_box_crop_on_a_real_face(
             embedding = model(crop01, range_first=True)[0]
         reference = golden[f"real_face_embedding/{name}"][0]
         rel_close(embedding, reference / np.linalg.norm(reference), LOSS_RTOL, f"box-crop embedding {name}")
+
+
+FREE_RUN_NOISE_RTOL = 1e-3
+"""Noise maps after three unreplayed steps (measured 1.0e-4): see test_golden_paper_three_steps_free_running."""
+
+
+def test_golden_paper_three_steps_free_running(
+    golden: dict[str, np.ndarray], fr_models: dict[str, FaceEmbedder]
+) -> None:
+    """Three steps on facecloak's own trajectory stay on the reference's.
+
+    Without the replay, step 2 starts from facecloak's step-1 update, which equals the reference's to 1e-7; that is
+    enough to flip a few PReLU kinks of the FR networks, so the step-2 and step-3 gradients differ by up to 2e-2 in
+    some noise maps (3e-4 in the latent) and are compared in the replayed run only. What the user gets stays put: the
+    total loss of every step and the W+ code after three steps agree to 1e-6 (measured), the noise maps to 1e-4.
+    """
+    search = run_with_recording_threads(golden, fr_models, replay=False)
+    steps = int(golden["steps"])
+    for step in range(1, steps + 1):
+        rel_close(search.recorded[step - 1][0]["loss"][0], golden[f"step{step}/loss"], LOSS_RTOL, f"step {step} total")
+    wplus, *maps = search.after[-1]
+    reference = golden[f"step{steps}/latent_after"][0]
+    rel_close(wplus[0, REFERENCE_SLOTS], reference[REFERENCE_SLOTS], LOSS_RTOL, "W+ after the last step")
+    for i, noise in enumerate(maps):
+        rel_close(noise, golden[f"step{steps}/noise_after_{i}"], FREE_RUN_NOISE_RTOL, f"noise {i} after the last step")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import traceback
 from pathlib import Path
 
 import lightning as L
@@ -511,3 +512,53 @@ def test_moving_the_search_leaves_the_shared_networks_alone(generator, inputs, i
     assert {p.dtype for p in module.parameters()} == {torch.float64}
     assert {p.dtype for p in identity.parameters() if p.is_floating_point()} <= {torch.float32}
     assert {b.dtype for b in identity.buffers() if b.is_floating_point()} <= {torch.float32}
+
+
+# --- host reads (GPU syncs) ------------------------------------------------------------------------------------------
+
+HOST_READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+"""Tensor methods that hand a value to Python: on a GPU each waits for every queued kernel (a host sync)."""
+HOST_STATE = ("torch/optim/",)
+"""Callers whose reads are of tensors that live on the host by design (Adam's step counter), so no sync."""
+
+
+class HostReads(L.Callback):
+    """Counts the host reads of tensor values made during optimisation steps, through patched tensor methods.
+
+    On a CPU nothing waits, but the calls are the ones a GPU run makes, so counting them here bounds the syncs of a
+    GPU run (tests/test_cuda.py checks the same on a GPU with ``torch.cuda.set_sync_debug_mode``).
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.counting = False
+        self.reads: list[str] = []
+        for name in HOST_READS:
+            monkeypatch.setattr(torch.Tensor, name, self._counted(name, getattr(torch.Tensor, name)))
+
+    def _counted(self, name: str, original):
+        def read(tensor, *args, **kwargs):
+            caller = traceback.extract_stack(limit=2)[0]
+            if self.counting and not any(part in caller.filename for part in HOST_STATE):
+                self.reads.append(f"{name} at {Path(caller.filename).name}:{caller.lineno}")
+            return original(tensor, *args, **kwargs)
+
+        return read
+
+    def on_train_start(self, trainer, module) -> None:
+        self.counting = True
+
+    def on_train_end(self, trainer, module) -> None:
+        self.counting = False
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_search_reads_device_values_only_every_n_steps(generator, inputs, identity, tmp_path, monkeypatch, every):
+    """Early stop decides and restores on the device; only the all-stopped check reads back, every N steps."""
+    config = LatentSearchConfig(identity_mode="dodge", lambda_clip=0.0, steps=8, early_stop=True)
+    module = build(generator, take(inputs, [0, 1]), identity, config)  # a threshold no image passes: never stops
+    counter = HostReads(monkeypatch)
+    kwargs = {"accelerator": "cpu", "default_root_dir": tmp_path, "callbacks": [counter], "log_every_n_steps": every}
+    t = L.Trainer(**{**TRAINER_DEFAULTS, **kwargs}, max_steps=config.steps)
+    quiet_fit(t, module, steps_loader(config.steps))
+    assert t.global_step == config.steps
+    assert len(counter.reads) <= config.steps // every, counter.reads

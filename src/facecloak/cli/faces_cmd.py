@@ -13,7 +13,7 @@ from facecloak.config.compose import compose
 from facecloak.errors import FacecloakError
 from facecloak.faces.align import align_ffhq
 from facecloak.faces.crops import crop_for_template, detect_with_config, detector_from_config
-from facecloak.faces.detect import dlib_landmarks68
+from facecloak.faces.landmarks68 import landmarks68
 from facecloak.io.images import load_photo, save_png
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ def run_align(args: argparse.Namespace, overrides: list[str]) -> int:
                 crop_path = args.out / f"{path.stem}_face{index}.png"
                 matrix = None
                 if args.template == "ffhq":
-                    aligned = align_ffhq(photo.rgb, dlib_landmarks68(photo.rgb, face), size=config.faces.ffhq_size)
+                    points68 = landmarks68(photo.rgb, face, config.faces.landmarks68)
+                    aligned = align_ffhq(photo.rgb, points68, size=config.faces.ffhq_size)
                     crop, matrix = aligned.crop, aligned.matrix.tolist()
                 else:
                     crop = crop_for_template(photo.rgb, face, args.template)

@@ -84,11 +84,21 @@ class NoiseSchedule:
         return cls(ScheduleConfig.from_dict(config))
 
     def alpha_bar(self, t: Timesteps, like: torch.Tensor) -> torch.Tensor:
-        """ᾱ_t for a batch of timesteps, shaped to broadcast against ``like`` ([B, 1, 1, …]); ᾱ_{-1} = 1."""
-        t = torch.as_tensor(t, device=like.device)
+        """ᾱ_t for a batch of timesteps, shaped to broadcast against ``like`` ([B, 1, 1, …]); ᾱ_{-1} = 1.
+
+        Timesteps given as numbers or host tensors (how the stages draw them) are checked on the host; timesteps
+        already on a GPU are checked there without waiting for it (a host read per step would stall it).
+        """
+        t = torch.as_tensor(t)
         steps = t.round().long() if t.is_floating_point() else t.long()
-        if bool(((steps < -1) | (steps >= self.num_timesteps)).any()):
-            raise ValueError(f"timesteps must lie in [-1, {self.num_timesteps - 1}], got {steps.tolist()}")
+        outside = (steps < -1) | (steps >= self.num_timesteps)
+        message = f"timesteps must lie in [-1, {self.num_timesteps - 1}]"
+        if steps.device.type == "cpu":
+            if bool(outside.any()):
+                raise ValueError(f"{message}, got {steps.tolist()}")
+        else:
+            torch._assert_async(~outside.any(), message)
+        steps = steps.to(like.device)
         table = self._table(like.device, like.dtype)
         values = table[steps.reshape(-1) + 1]
         if values.shape[0] == 1 and like.shape[0] != 1:

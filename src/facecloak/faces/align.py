@@ -29,7 +29,9 @@ ANTIALIAS_MIN_SCALE = 0.5
 WARP_MARGIN = 4
 # Differentiable antialiasing: Gaussian sigma (s - 1) / 2 for a downscale by s, the rule of skimage.transform.rescale.
 ANTIALIAS_SIGMA_PER_SHRINK = 0.5
-MIN_BLUR_SIGMA = 1e-3  # images of a batch that need no blur get this (an identity kernel)
+# A face crop spans at most this many times the image's longer side: a larger face is not in the image. It bounds the
+# antialiasing kernel, whose size must come from shapes (host data), not from the landmarks (device data).
+MAX_CROP_SPAN = 2.0
 SIMILARITY_EPS = 1e-12
 
 INTERPOLATIONS = {
@@ -221,6 +223,7 @@ def align_tensor(
 
     Gradients reach both the pixels and the landmarks, so a loss on the crop steers the whole generated image.
     With ``antialias`` the images are Gaussian-blurred before a minifying warp (sigma from the per-image scale).
+    Nothing here reads a device value back to the host: called every step, it must not stall a GPU.
     """
     import kornia
 
@@ -238,15 +241,43 @@ def align_tensor(
         dst = torch.as_tensor(template.points_array(), dtype=images.dtype, device=images.device)
         matrix = estimate_similarity(landmarks5.to(images.dtype), dst.expand_as(landmarks5))
         if antialias:
-            shrink = 1.0 / torch.sqrt(torch.abs(torch.linalg.det(matrix[:, :, :2]))).detach()
-            if float(shrink.max()) > 1.0 / ANTIALIAS_MIN_SCALE:
-                sigma = (ANTIALIAS_SIGMA_PER_SHRINK * (shrink - 1.0)).clamp_min(MIN_BLUR_SIGMA)
-                radius = math.ceil(3 * float(sigma.max()))
-                kernel = (2 * radius + 1, 2 * radius + 1)
-                images = kornia.filters.gaussian_blur2d(images, kernel, sigma[:, None].expand(-1, 2).contiguous())
+            images = _antialias(images, matrix, template)
         return kornia.geometry.transform.warp_affine(
             images, matrix, dsize=template.size, mode="bilinear", padding_mode=padding_mode, align_corners=True
         )
+
+
+def shrink_bound(image_size: tuple[int, int], crop_size: tuple[int, int]) -> float:
+    """The largest minification a face crop of ``crop_size`` can need from an image of ``image_size``, from shapes.
+
+    Shapes are host data, so the blur's kernel size follows from them without reading a device value (a GPU sync).
+    """
+    return MAX_CROP_SPAN * max(image_size) / min(crop_size)
+
+
+def _antialias(images: torch.Tensor, matrix: torch.Tensor, template: AlignmentTemplate) -> torch.Tensor:
+    """Gaussian-blur each image before its minifying warp: sigma from its own scale, kernel size from shapes.
+
+    Per image, sigma is ``(s - 1) / 2`` where the warp minifies by ``s > 1 / ANTIALIAS_MIN_SCALE`` (else no blur),
+    truncated at ``ceil(3 sigma)`` like ``kornia.filters.gaussian_blur2d``; the kernel is laid out at the size the
+    largest possible sigma needs (:func:`shrink_bound`), its taps beyond the image's own radius zero. So neither the
+    decision nor the radius reads a device value, and an image's crop does not depend on its batch-mates.
+    """
+    import kornia
+
+    bound = shrink_bound((images.shape[-2], images.shape[-1]), template.size)
+    if bound <= 1.0 / ANTIALIAS_MIN_SCALE:
+        return images  # no face in an image this small can need it
+    max_sigma = ANTIALIAS_SIGMA_PER_SHRINK * (bound - 1.0)
+    window = math.ceil(3 * max_sigma)
+    shrink = 1.0 / torch.sqrt(torch.abs(torch.linalg.det(matrix[:, :, :2]))).detach()
+    sigma = torch.where(shrink > 1.0 / ANTIALIAS_MIN_SCALE, ANTIALIAS_SIGMA_PER_SHRINK * (shrink - 1.0), 0.0)
+    sigma = sigma.clamp(max=max_sigma)[:, None]
+    taps = torch.arange(-window, window + 1, device=images.device, dtype=images.dtype).abs()[None]
+    inside = taps <= torch.ceil(3 * sigma)  # an impulse where sigma is 0
+    weights = torch.exp(-taps.pow(2) / (2 * sigma.pow(2)).clamp_min(SIMILARITY_EPS)) * inside
+    kernel = weights / weights.sum(dim=-1, keepdim=True)
+    return kornia.filters.filter2d_separable(images, kernel, kernel, border_type="reflect")
 
 
 # ----------------------------------------------------------------------------------------- FFHQ alignment

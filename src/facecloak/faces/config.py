@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from facecloak.validate import require
 
 KNOWN_DETECTORS = ("mtcnn", "scrfd")
+LANDMARK68_SOURCES = ("dlib", "faceapi")
 
 
 @dataclass
@@ -28,12 +29,17 @@ class FacesConfig:
     # contour points each). On the shared photo set this lifts the weaker recognisers' ROC-AUC (faceres-deep
     # 0.982 -> 0.984) because MTCNN's eye points are coarse; see docs/benchmarks.md.
     refine_landmarks: bool = True
+    # Where the 68 points (FFHQ alignment, face region, refinement) come from: dlib's shape predictor (100 MB, the
+    # FFHQ recipe's own) or face-api's landmark net (350 kB; within ~8 % of the eye distance of dlib's on the shared
+    # photos), e.g. for a GPU machine that cannot carry dlib's model (scripts/gpu_check.sh).
+    landmarks68: str = "dlib"
     # Output size of FFHQ-style crops for the generator (the FFHQ recipe uses 1024).
     ffhq_size: int = 1024
     scrfd_model: str | None = None
 
     def __post_init__(self) -> None:
         require(self.detector in KNOWN_DETECTORS, "faces.detector", f"must be one of {KNOWN_DETECTORS}")
+        require(self.landmarks68 in LANDMARK68_SOURCES, "faces.landmarks68", f"must be one of {LANDMARK68_SOURCES}")
         require(self.min_face_size >= 8, "faces.min_face_size", "must be at least 8 pixels")
         require(
             len(self.thresholds) == 3 and all(0 < t < 1 for t in self.thresholds),

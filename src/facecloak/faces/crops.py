@@ -18,7 +18,8 @@ import numpy as np
 
 from facecloak.faces.align import align_face
 from facecloak.faces.config import FacesConfig
-from facecloak.faces.detect import Face, FaceDetector, build_detector, dlib_landmarks68, landmarks5_from_68
+from facecloak.faces.detect import Face, FaceDetector, build_detector, landmarks5_from_68
+from facecloak.faces.landmarks68 import landmarks68
 from facecloak.faces.templates import get_template
 
 DLIB_CHIP_PREFIX = "dlib_chip_"
@@ -67,6 +68,7 @@ def detect_faces(
     detect_max_side: int,
     refine_landmarks: bool = False,
     edge_pass: bool = False,
+    landmark_source: str = "dlib",
 ) -> list[Face]:
     """Every face in the photo, largest first, in full-resolution coordinates."""
     height, width = rgb.shape[:2]
@@ -80,13 +82,14 @@ def detect_faces(
     if scale < 1.0:
         faces = [_moved(face, scale) for face in faces]
     if refine_landmarks:
-        faces = [replace(face, landmarks5=landmarks5_from_68(dlib_landmarks68(rgb, face))) for face in faces]
+        faces = [replace(f, landmarks5=landmarks5_from_68(landmarks68(rgb, f, landmark_source))) for f in faces]
     return faces
 
 
 def detect_with_config(rgb: np.ndarray, detector: FaceDetector, config: FacesConfig) -> list[Face]:
     """Detection as the run's configuration asks (downscaled search, optional landmark refinement)."""
-    return detect_faces(rgb, detector, config.detect_max_side, config.refine_landmarks, config.edge_pass)
+    refine, edge = config.refine_landmarks, config.edge_pass
+    return detect_faces(rgb, detector, config.detect_max_side, refine, edge, config.landmarks68)
 
 
 def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:

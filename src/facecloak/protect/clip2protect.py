@@ -24,7 +24,8 @@ from facecloak.config.compose import to_plain
 from facecloak.config.schema import AppConfig
 from facecloak.errors import FacecloakError, NoFaceError
 from facecloak.faces.align import AlignedFace, align_ffhq, transform_points
-from facecloak.faces.detect import Face, dlib_landmarks68
+from facecloak.faces.detect import Face
+from facecloak.faces.landmarks68 import landmarks68
 from facecloak.faces.regions import face_region_mask
 from facecloak.io.images import Photo
 from facecloak.losses.identity import IdentityReference
@@ -101,17 +102,17 @@ class FaceInverter(PhotoJob):
         return encoder.eval().requires_grad_(False).to(self.device)
 
     def align(self, photo: Photo, face: Face) -> AlignedWork:
-        """FFHQ-align a face at the generator's resolution (68 dlib points), with its 5 landmarks in crop pixels."""
+        """FFHQ-align a face at the generator's resolution (68 points), with its 5 landmarks in crop pixels."""
         size = self.generator.config.size
-        landmarks68 = dlib_landmarks68(photo.rgb, face)
-        aligned = align_ffhq(photo.rgb, landmarks68, size=size)
+        points68 = landmarks68(photo.rgb, face, self.config.faces.landmarks68)
+        aligned = align_ffhq(photo.rgb, points68, size=size)
         landmarks = transform_points(aligned.matrix, face.landmarks5)
         return AlignedWork(
             face,
             aligned,
             to_tensor01(aligned.crop, self.device),
             torch.as_tensor(landmarks, dtype=torch.float32, device=self.device)[None],
-            face_region_mask(transform_points(aligned.matrix, landmarks68), (size, size)),
+            face_region_mask(transform_points(aligned.matrix, points68), (size, size)),
         )
 
     def invert(self, works: Sequence[AlignedWork]) -> tuple[torch.Tensor, list[torch.Tensor] | None]:

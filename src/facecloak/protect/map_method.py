@@ -32,7 +32,8 @@ from facecloak.config.compose import to_plain
 from facecloak.config.schema import AppConfig, MapSettings
 from facecloak.diffusion import NoiseSchedule
 from facecloak.faces.align import transform_points
-from facecloak.faces.detect import Face, dlib_landmarks68
+from facecloak.faces.detect import Face
+from facecloak.faces.landmarks68 import landmarks68
 from facecloak.faces.pasteback import feather_mask
 from facecloak.faces.regions import face_region_mask, square_face_crop
 from facecloak.io.images import Photo
@@ -128,7 +129,8 @@ class MapProtector(PhotoProtector):
 
         size = self.crop_size
         crop = square_face_crop(photo.rgb, face, size, self.settings.crop_scale)
-        region = face_region_mask(transform_points(crop.matrix, dlib_landmarks68(photo.rgb, face)), (size, size))
+        points68 = landmarks68(photo.rgb, face, self.config.faces.landmarks68)
+        region = face_region_mask(transform_points(crop.matrix, points68), (size, size))
         weights = feather_mask(region.shape, self.config.protect.feather, region)
         data = prepare_finetune_faces(
             self.unet,

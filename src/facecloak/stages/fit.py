@@ -33,9 +33,11 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "enable_progress_bar": False,
     "enable_model_summary": False,
     "num_sanity_val_steps": 0,
+    "log_every_n_steps": 1,
 }
 """A stage run: one device (per-image stages must never be gradient-synced across images), one pass over a step
-loader, nothing written unless asked; a stage's own defaults and the caller's overrides go on top."""
+loader, nothing written unless asked, logged and early-stop-checked every step (``trainer.log_every_n_steps``, as
+:class:`~facecloak.runtime.trainer.TrainerConfig`); a stage's own defaults and the caller's overrides go on top."""
 
 EXPECTED_WARNINGS = ("does not have many workers", "`IterableDataset` has `__len__`", "in eval mode at the start")
 """Lightning warnings that apply to no stage: in-memory step loaders, and frozen networks kept in eval mode."""

@@ -86,6 +86,7 @@ class AdversarialLatentSearch(L.LightningModule):
     layer_index: Tensor
     landmarks5: Tensor
     stopped_at: Tensor
+    stop_latent: Tensor
 
     anchor: Tensor | None
     change_mask: Tensor | None
@@ -158,7 +159,11 @@ class AdversarialLatentSearch(L.LightningModule):
         clip = build_clip(config, clip_factory)
         self.frozen = FrozenNetworks(generators, identity_loss.eval().requires_grad_(False), clip, reference)
 
-        self._snapshots: dict[int, tuple[Tensor, list[Tensor]]] = {}
+        # The values each stopped image is held at, on the run's device: stopping and restoring read nothing back
+        # to the host, so a GPU never waits for the early-stop decision.
+        self.register_buffer("stop_latent", self.latent.detach().clone(), persistent=False)
+        for k, param in enumerate(self.noise):
+            self.register_buffer(f"stop_noise_{k}", param.detach().clone(), persistent=False)
         self._clip_rngs: list[torch.Generator] = []
         self._degradations: list[RandomDegradation] = []
         self._jitter_rngs: list[torch.Generator] = []
@@ -291,11 +296,16 @@ class AdversarialLatentSearch(L.LightningModule):
             if self.frozen.clip is not None:
                 self._clip_source = self.frozen.clip.source_features(pivot_images)
         # After a resume, images that had stopped keep the (restored) values they stopped with.
-        for i in torch.nonzero(self.stopped_at >= 0).flatten().tolist():
-            self._snapshots.setdefault(i, self._snapshot(i))
+        self._hold(self.stopped_at >= 0)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
-        """End the run once every image has stopped (-1 ends the single epoch)."""
+        """End the run once every image has stopped (-1 ends the single epoch), looking every N steps.
+
+        The look is a host read (a GPU sync), so it comes at the Trainer's ``log_every_n_steps`` cadence. Steps run
+        after the last image stopped change nothing: every stopped image is put back after each optimizer step.
+        """
+        if self.global_step % int(getattr(self.trainer, "log_every_n_steps", 1)):
+            return None
         return -1 if bool((self.stopped_at >= 0).all()) else None
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -308,22 +318,31 @@ class AdversarialLatentSearch(L.LightningModule):
             self._stop_passing(self.passes(clean))
         active = (self.stopped_at < 0).to(terms["loss"])
         batch_size = images01.shape[0]
-        for key, value in terms.items():
-            self.log(f"search/{key}", value.detach().mean(), prog_bar=key == "loss", batch_size=batch_size)
+        for key, value in terms.items():  # not prog_bar: Lightning would read it back every step (a GPU sync)
+            self.log(f"search/{key}", value.detach().mean(), batch_size=batch_size)
         key = "source" if self.config.identity_mode == "dodge" else "target"
         for name, sim in sims[key].items():
             self.log(f"search/sim_{key}/{name}", sim.detach().mean(), batch_size=batch_size)
         self.log("search/active_images", active.sum(), batch_size=batch_size)
         return (terms["loss"] * active).sum()
 
-    def _snapshot(self, i: int) -> tuple[Tensor, list[Tensor]]:
-        return self.latent.detach()[i].clone(), [p.detach()[i].clone() for p in self.noise]
+    def _held_and_trained(self) -> list[tuple[Tensor, Tensor]]:
+        """Each trainable tensor (latents, noise maps) with the values its stopped images are held at."""
+        held = [self.stop_latent, *(getattr(self, f"stop_noise_{k}") for k in range(len(self.noise)))]
+        return list(zip(held, [self.latent, *self.noise]))
+
+    def _hold(self, images: Tensor) -> None:
+        """Keep the current values of ``images`` (a ``[B]`` mask) as the ones they are put back to."""
+        with torch.no_grad():
+            for held, param in self._held_and_trained():
+                mask = images.view(-1, *[1] * (param.ndim - 1))
+                held.copy_(torch.where(mask, param.detach(), held))
 
     def _stop_passing(self, passing: Tensor) -> None:
         """Freeze images that pass now at their current values (the ones that produced the passing render)."""
-        for i in torch.nonzero(passing & (self.stopped_at < 0)).flatten().tolist():
-            self.stopped_at[i] = self.global_step
-            self._snapshots[i] = self._snapshot(i)
+        newly = passing.to(self.stopped_at.device) & (self.stopped_at < 0)
+        self.stopped_at.copy_(torch.where(newly, self.global_step, self.stopped_at))
+        self._hold(newly)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step, then put stopped images back to their snapshot (Adam's momentum moves them with a zero gradient).
@@ -331,11 +350,10 @@ class AdversarialLatentSearch(L.LightningModule):
         Restoring here, not in a batch-end hook, means callbacks and checkpoints never see the moved values.
         """
         super().optimizer_step(*args, **kwargs)
+        stopped = self.stopped_at >= 0
         with torch.no_grad():
-            for i, (latent, maps) in self._snapshots.items():
-                self.latent[i] = latent
-                for param, snapshot in zip(self.noise, maps):
-                    param[i] = snapshot
+            for held, param in self._held_and_trained():
+                param.copy_(torch.where(stopped.view(-1, *[1] * (param.ndim - 1)), held, param))
 
     def on_train_end(self) -> None:
         """Render and judge the final codes on the run's device."""

@@ -24,7 +24,8 @@ class PivotTuningConfig:
     early_stop_perceptual: float | None = None
     """Stop an image once its perceptual loss is at most this (PTI uses 0.06 with LPIPS); None: run every step."""
     batch_size: int = 1
-    """Images tuned together in one run (each still gets its own generator)."""
+    """Images tuned together in one run of :func:`tune_images` (each still gets its own generator); a ``protect``
+    job tunes each batch of ``protect.batch_faces`` faces in one run instead."""
     noise_seed: int = 0
     """Seed of the frozen noise maps, combined with each image id (used when no noise maps are given)."""
 

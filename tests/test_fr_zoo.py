@@ -59,6 +59,15 @@ def test_input_resized_to_the_model_size(weights_dir: Path) -> None:
     assert torch.allclose(model(big), model(small), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", OFFLINE_DIFFERENTIABLE)
+def test_box_crop_order_serves_every_colour_and_layout(name: str, weights_dir: Path) -> None:
+    """fr.preprocess=box maps the range before the resize; BGR, grey and NHWC models take it too (was refused)."""
+    model = load_fr_model(name)
+    torch.manual_seed(0)
+    crop = torch.rand(1, 3, 150, 130)
+    assert torch.allclose(model(crop, range_first=True), model(crop), atol=1e-4)
+
+
 def test_insightface_onnx_pack_as_black_box(tmp_path: Path, monkeypatch) -> None:
     """An ArcFace-style ONNX in the pack layout runs through insightface and matches the torch network."""
     from facecloak.models.fr import zoo

@@ -30,26 +30,26 @@ def _to_network_input(x01: torch.Tensor, entry: ModelEntry, range_first: bool = 
     pre = entry.preprocessing
     size = None if pre.input_size is None else tuple(pre.input_size)
     resize = size is not None and tuple(x01.shape[-2:]) != size
-    if range_first:
-        # (x - mean / scale) · (scale / std): for the paper models exactly the reference's (x - 0.5) · 2.
-        shift = x01.new_tensor([m / pre.scale for m in pre.mean[: x01.shape[1]]]).view(1, -1, 1, 1)
-        gain = x01.new_tensor([pre.scale / s for s in pre.std[: x01.shape[1]]]).view(1, -1, 1, 1)
-        x = (x01 - shift) * gain
-        if size is not None and resize:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-        if pre.color != "RGB" or pre.layout == "NHWC":
-            raise ConfigError(f"'{entry.name}' needs {pre.color}/{pre.layout} input; the box crop feeds RGB NCHW")
-        return x
-    if size is not None and resize:
+    if resize and not range_first:
         x01 = F.interpolate(x01, size=size, mode="bilinear", align_corners=False, antialias=False)
     if pre.color == "BGR":
         x01 = x01.flip(1)
     elif pre.color == "GREY":
         weights = x01.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
         x01 = (x01 * weights).sum(1, keepdim=True)
-    mean = x01.new_tensor(pre.mean[: x01.shape[1]]).view(1, -1, 1, 1)
-    std = x01.new_tensor(pre.std[: x01.shape[1]]).view(1, -1, 1, 1)
-    x = (x01 * pre.scale - mean) / std
+    channels = x01.shape[1]
+    if range_first:
+        # (x - mean / scale) · (scale / std): for the paper models exactly the reference's (x - 0.5) · 2. Colour
+        # order and grey are per-pixel and linear, so they commute with the resize; only the range moves before it.
+        shift = x01.new_tensor([m / pre.scale for m in pre.mean[:channels]]).view(1, -1, 1, 1)
+        gain = x01.new_tensor([pre.scale / s for s in pre.std[:channels]]).view(1, -1, 1, 1)
+        x = (x01 - shift) * gain
+        if resize:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+    else:
+        mean = x01.new_tensor(pre.mean[:channels]).view(1, -1, 1, 1)
+        std = x01.new_tensor(pre.std[:channels]).view(1, -1, 1, 1)
+        x = (x01 * pre.scale - mean) / std
     return x.permute(0, 2, 3, 1).contiguous() if pre.layout == "NHWC" else x
 
 

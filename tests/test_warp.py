@@ -21,7 +21,14 @@ from facecloak.faces.makeup import (
     bounded_opacity,
     makeup_masks,
 )
-from facecloak.faces.warp_field import anchor_ring, apply_field, dense_field, inter_ocular, support_mask
+from facecloak.faces.warp_field import (
+    FIELD_BOUNDS,
+    anchor_ring,
+    apply_field,
+    dense_field,
+    inter_ocular,
+    support_mask,
+)
 from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
 from facecloak.models.fr.zoo import load_fr_model
 from facecloak.stages.warp_attack import WarpAttack, face_anchors, prepare_face
@@ -64,18 +71,30 @@ def test_zero_displacement_is_the_identity() -> None:
     assert torch.allclose(apply_field(image, field, support), image, atol=1e-5)  # float32 grid round-off
 
 
-def test_background_outside_the_anchors_never_moves_and_the_bound_holds() -> None:
+@pytest.mark.parametrize("how", FIELD_BOUNDS)
+def test_background_outside_the_anchors_never_moves_and_the_bound_holds(how: str) -> None:
     landmarks, anchors, support = _geometry(_face())
     image = torch.rand(1, 3, SIZE, SIZE)
     displacement = 0.05 * torch.randn_like(landmarks)
     bound = 0.06 * inter_ocular(_face())
-    field = dense_field(landmarks, displacement, anchors, support, grid=32, max_norm=bound)
+    field = dense_field(landmarks, displacement, anchors, support, grid=32, max_norm=bound, bound=how)
     warped = apply_field(image, field, support)
     outside = (support == 0).expand_as(image)
     assert outside.any() and (~outside).any()
     assert torch.equal(warped[outside], image[outside])  # copied bit for bit
     assert not torch.allclose(warped, image)
     assert float(field.norm(dim=1).max()) <= bound * (1 + 1e-5)
+
+
+def test_clamping_keeps_the_moves_that_were_within_the_cap() -> None:
+    landmarks, anchors, support = _geometry(_face())
+    displacement = 0.02 * torch.randn(landmarks.shape, generator=torch.Generator().manual_seed(1))
+    displacement[0, 8] = torch.tensor([0.0, 0.2])  # one landmark (the chin) pulled far past the cap
+    bound = 0.06 * inter_ocular(_face())
+    fields = {how: dense_field(landmarks, displacement, anchors, support, 32, bound, bound=how) for how in FIELD_BOUNDS}
+    sizes = {how: field.norm(dim=1) for how, field in fields.items()}
+    assert all(float(size.max()) <= bound * (1 + 1e-5) for size in sizes.values())
+    assert float(sizes["clamp"].mean()) > 1.5 * float(sizes["rescale"].mean())  # the chin no longer shrinks the rest
 
 
 def test_makeup_stays_inside_its_masks_and_its_colour_ranges() -> None:

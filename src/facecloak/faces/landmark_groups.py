@@ -7,10 +7,11 @@ turns the face into a squint, a frown or a grimace. Here a landmark's move is sp
 - a **translation of its feature** (jaw, each brow, nose, each eye, mouth), bounded by the global cap: where a
   feature sits (eye position, mouth height, nose width through its points) is a change of shape, not of expression;
 - a **local move** of the landmark within its feature, bounded per axis by a fraction of that feature's own extent
-  in the face's frame (an eye's width and opening, the lips' width and height, the brow-to-eye distance), so a
+  in the face's frame (an eye's width and opening, the lips' width and height, a brow's length and arch), so a
   feature keeps its proportions.
 
-Brows move vertically against the brow-to-eye distance for both parts, since a brow's height *is* its expression.
+A brow's vertical translation is bounded by a fraction of its height over the eye, since that height *is* its
+expression.
 """
 
 from __future__ import annotations
@@ -49,19 +50,19 @@ def face_frame(landmarks68: np.ndarray) -> np.ndarray:
 
 
 def feature_extents(landmarks68: np.ndarray) -> np.ndarray:
-    """Each feature's width and height ``[len(FEATURES), 2]`` in the face's frame (the landmarks' units).
-
-    Brows get the distance from the brow to its eye as their height: how far a brow sits above the eye is what a
-    person reads, and a brow's own thickness is not in the landmarks.
-    """
+    """Each feature's width and height ``[len(FEATURES), 2]`` in the face's frame (the landmarks' units)."""
     points = np.asarray(landmarks68, np.float64) @ face_frame(landmarks68)
-    extents = np.empty((len(FEATURES), 2))
-    for k, (name, (start, stop)) in enumerate(FEATURES.items()):
-        extents[k] = points[start:stop].max(axis=0) - points[start:stop].min(axis=0)
-        if name in BROWS:
-            eye_start, eye_stop = FEATURES[EYE_OF_BROW[name]]
-            extents[k, 1] = abs(points[eye_start:eye_stop, 1].mean() - points[start:stop, 1].mean())
-    return extents
+    return np.stack([points[a:b].max(axis=0) - points[a:b].min(axis=0) for a, b in FEATURES.values()])
+
+
+def brow_heights(landmarks68: np.ndarray) -> dict[str, float]:
+    """How far each brow sits above its eye (face frame): what a person reads as a raised or lowered brow."""
+    points = np.asarray(landmarks68, np.float64) @ face_frame(landmarks68)
+    heights = {}
+    for brow in BROWS:
+        (a, b), (c, d) = FEATURES[brow], FEATURES[EYE_OF_BROW[brow]]
+        heights[brow] = abs(float(points[c:d, 1].mean() - points[a:b, 1].mean()))
+    return heights
 
 
 def move_bounds(landmarks68: np.ndarray, fraction: float | None, cap: float) -> tuple[np.ndarray, np.ndarray]:
@@ -69,14 +70,12 @@ def move_bounds(landmarks68: np.ndarray, fraction: float | None, cap: float) -> 
 
     Returns ``(translation [len(FEATURES), 2], local [68, 2])``. With ``fraction`` None every bound is ``cap`` (the
     inter-ocular yardstick alone); otherwise a local move is at most ``fraction`` of its feature's extent on that axis,
-    a brow's vertical translation at most ``fraction`` of its distance to the eye, and nothing more than ``cap``.
+    a brow's vertical translation at most ``fraction`` of its height over the eye, and nothing more than ``cap``.
     """
     translation = np.full((len(FEATURES), 2), cap)
     if fraction is None:
         return translation, np.full((68, 2), cap)
-    extents = feature_extents(landmarks68)
-    local = np.minimum(cap, fraction * extents)[feature_of_landmark()]
-    for k, name in enumerate(FEATURES):
-        if name in BROWS:
-            translation[k, 1] = min(cap, fraction * extents[k, 1])
+    local = np.minimum(cap, fraction * feature_extents(landmarks68))[feature_of_landmark()]
+    for brow, height in brow_heights(landmarks68).items():
+        translation[list(FEATURES).index(brow), 1] = min(cap, fraction * height)
     return translation, local

@@ -188,8 +188,9 @@ class WarpAttack(L.LightningModule):
             image = apply_makeup(image, geometry.masks, colours, opacity, shares)
         landmarks, anchors = self.face.landmarks.to(image), self.face.anchors.to(image)
         c = self.config
-        bound = c.max_displacement * self.face.iod
-        field = dense_field(landmarks, self.displacement(), anchors, geometry.support, c.field_grid, bound, c.stiffness)
+        cap = c.max_displacement * self.face.iod
+        moves = self.displacement()
+        field = dense_field(landmarks, moves, anchors, geometry.support, c.field_grid, cap, c.stiffness, c.field_bound)
         return apply_field(image, field, geometry.support), field
 
     # --- the objective ---

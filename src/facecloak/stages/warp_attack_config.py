@@ -13,7 +13,7 @@ from typing import Any
 
 from facecloak.errors import ConfigError
 from facecloak.faces.makeup import REGIONS
-from facecloak.faces.warp_field import DEFAULT_STIFFNESS
+from facecloak.faces.warp_field import DEFAULT_STIFFNESS, FIELD_BOUNDS
 from facecloak.losses.degrade import DegradationConfig
 
 ADV_LOSSES = ("mean", "hinge")
@@ -38,6 +38,9 @@ class WarpAttackConfig:
     max_displacement: float = 0.06
     """Largest move of any landmark and of any pixel of the dense field, as a fraction of the inter-ocular distance
     (hard bounds: a tanh on each landmark, a rescaling of the field)."""
+    field_bound: str = "rescale"
+    """How the dense field is kept within ``max_displacement``: ``rescale`` shrinks the whole field when any point
+    exceeds it, ``clamp`` shortens only the vectors that do (the rest of the face keeps its moves)."""
     feature_bound: float | None = None
     """Local moves within a feature (an eye's opening, the lips' height, a brow's height over its eye) at most this
     fraction of that feature's extent, while whole features move up to ``max_displacement``
@@ -101,6 +104,7 @@ class WarpAttackConfig:
         _require(len(set(self.makeup)) == len(self.makeup), "makeup", "names a layer twice")
         share = self.makeup_luminance_share
         _require(share is None or 0 <= share <= 1, "makeup_luminance_share", "must be in [0, 1] or null")
+        _require(self.field_bound in FIELD_BOUNDS, "field_bound", f"must be one of {list(FIELD_BOUNDS)}")
         bound = self.feature_bound
         _require(bound is None or 0 < bound <= 1, "feature_bound", "must be in (0, 1] of a feature's extent or null")
         _require(self.adv_loss in ADV_LOSSES, "adv_loss", f"must be one of {list(ADV_LOSSES)}")

@@ -12,8 +12,23 @@ import torch
 from facecloak.cli.main import main
 from facecloak.config.compose import compose
 from facecloak.errors import ConfigError
-from facecloak.faces.makeup import REGIONS, apply_makeup, bounded_colours, bounded_opacity, makeup_masks
-from facecloak.faces.warp_field import anchor_ring, apply_field, dense_field, inter_ocular, support_mask
+from facecloak.faces.landmark_groups import FEATURES, face_frame, feature_extents, feature_of_landmark, move_bounds
+from facecloak.faces.makeup import (
+    LUMINANCE_SHARE,
+    REGIONS,
+    apply_makeup,
+    bounded_colours,
+    bounded_opacity,
+    makeup_masks,
+)
+from facecloak.faces.warp_field import (
+    FIELD_BOUNDS,
+    anchor_ring,
+    apply_field,
+    dense_field,
+    inter_ocular,
+    support_mask,
+)
 from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
 from facecloak.models.fr.zoo import load_fr_model
 from facecloak.stages.warp_attack import WarpAttack, face_anchors, prepare_face
@@ -56,18 +71,30 @@ def test_zero_displacement_is_the_identity() -> None:
     assert torch.allclose(apply_field(image, field, support), image, atol=1e-5)  # float32 grid round-off
 
 
-def test_background_outside_the_anchors_never_moves_and_the_bound_holds() -> None:
+@pytest.mark.parametrize("how", FIELD_BOUNDS)
+def test_background_outside_the_anchors_never_moves_and_the_bound_holds(how: str) -> None:
     landmarks, anchors, support = _geometry(_face())
     image = torch.rand(1, 3, SIZE, SIZE)
     displacement = 0.05 * torch.randn_like(landmarks)
     bound = 0.06 * inter_ocular(_face())
-    field = dense_field(landmarks, displacement, anchors, support, grid=32, max_norm=bound)
+    field = dense_field(landmarks, displacement, anchors, support, grid=32, max_norm=bound, bound=how)
     warped = apply_field(image, field, support)
     outside = (support == 0).expand_as(image)
     assert outside.any() and (~outside).any()
     assert torch.equal(warped[outside], image[outside])  # copied bit for bit
     assert not torch.allclose(warped, image)
     assert float(field.norm(dim=1).max()) <= bound * (1 + 1e-5)
+
+
+def test_clamping_keeps_the_moves_that_were_within_the_cap() -> None:
+    landmarks, anchors, support = _geometry(_face())
+    displacement = 0.02 * torch.randn(landmarks.shape, generator=torch.Generator().manual_seed(1))
+    displacement[0, 8] = torch.tensor([0.0, 0.2])  # one landmark (the chin) pulled far past the cap
+    bound = 0.06 * inter_ocular(_face())
+    fields = {how: dense_field(landmarks, displacement, anchors, support, 32, bound, bound=how) for how in FIELD_BOUNDS}
+    sizes = {how: field.norm(dim=1) for how, field in fields.items()}
+    assert all(float(size.max()) <= bound * (1 + 1e-5) for size in sizes.values())
+    assert float(sizes["clamp"].mean()) > 1.5 * float(sizes["rescale"].mean())  # the chin no longer shrinks the rest
 
 
 def test_makeup_stays_inside_its_masks_and_its_colour_ranges() -> None:
@@ -83,6 +110,74 @@ def test_makeup_stays_inside_its_masks_and_its_colour_ranges() -> None:
     assert (made_up - image).abs()[~outside].max() > 0.05
     lips = bounded_colours(torch.full((1, len(REGIONS), 3), -50.0))[0, 0]
     assert lips.tolist() == pytest.approx([30.0, 15.0, -5.0])  # the lowest corner of the lipstick range
+
+
+def test_dark_layers_darken_and_colour_layers_keep_the_skin_shading() -> None:
+    points_px = _face() * SIZE - 0.5
+    masks = torch.from_numpy(makeup_masks(points_px, (SIZE, SIZE)))[None]
+    image = torch.full((1, 3, SIZE, SIZE), 0.7)
+    colours = bounded_colours(torch.full((1, len(REGIONS), 3), -50.0))  # the darkest corner of every range
+    opacity = bounded_opacity(torch.full((1, len(REGIONS)), 50.0))
+    made_up = apply_makeup(image, masks, colours, opacity, [LUMINANCE_SHARE[r] for r in REGIONS]).mean(dim=1)[0]
+    liner = masks[0, REGIONS.index("eyeliner")] > 0.9
+    blush = masks[0, REGIONS.index("cheeks")] > 0.9
+    assert liner.any() and blush.any()
+    assert float(made_up[liner].mean()) < 0.4  # a dark line over a light skin
+    assert float(made_up[blush].mean()) > 0.5  # a tint: the skin's lightness mostly stays
+
+
+def test_features_keep_their_proportions_under_the_feature_bound() -> None:
+    points = _face()
+    cap = 0.06 * inter_ocular(points)
+    translation, local = move_bounds(points, None, cap)
+    assert np.all(translation == cap) and np.all(local == cap)
+    translation, local = move_bounds(points, 0.15, cap)
+    eye = list(FEATURES).index("eye_right")
+    extents = feature_extents(points)
+    assert extents[eye, 1] < 0.5 * extents[eye, 0]  # an eye is wider than it is open
+    assert local[36, 1] == pytest.approx(0.15 * extents[eye, 1]) and local[36, 1] < local[36, 0] <= cap
+    assert translation[list(FEATURES).index("brow_right"), 1] < cap  # a brow's height over its eye is its expression
+    assert translation[list(FEATURES).index("jaw"), 1] == cap and np.all(local <= cap)
+
+
+def test_the_attack_moves_stay_inside_the_feature_bounds(weights_dir: Path) -> None:
+    config = WarpAttackConfig(steps=1, work_size=112, field_grid=16, feature_bound=0.15)
+    module = _module(config, {"mobilefacenet_casia": 0.3})
+    with torch.no_grad():
+        module.translation_raw.fill_(20.0)
+        module.displacement_raw.copy_(20.0 * torch.sign(torch.randn_like(module.displacement_raw)))
+    moves = module.displacement()[0].detach().double().numpy() @ face_frame(module.face.landmarks[0].double().numpy())
+    translation, local = move_bounds(module.face.landmarks[0].double().numpy(), 0.15, 0.06 * module.face.iod)
+    own = moves - translation[feature_of_landmark()]
+    assert np.all(np.abs(own) <= local * (1 + 1e-4)) and np.abs(own).max() > 0.9 * local.min()
+
+
+def test_the_hinge_stops_pulling_on_models_past_their_margin(weights_dir: Path) -> None:
+    config = WarpAttackConfig(steps=1, work_size=112, field_grid=16, adv_loss="hinge", adv_margin=0.2)
+    fooled = _module(config, {"mobilefacenet_casia": 1.5})  # similarity ≤ 1 < 1.5 − 0.2: already past the margin
+    terms, _ = fooled.losses(fooled.edit(fooled.face.work)[0])
+    assert float(terms["adv"].detach()) == 0.0
+    stubborn = _module(config, {"mobilefacenet_casia": 0.3})
+    images, _ = stubborn.edit(stubborn.face.work)
+    terms, sims = stubborn.losses(images)
+    assert float(terms["adv"].detach()) == pytest.approx(float(sims["source"]["mobilefacenet_casia"]) - 0.1, abs=1e-5)
+
+
+def _module(config: WarpAttackConfig, thresholds: dict[str, float]) -> WarpAttack:
+    """A warp attack on a random crop with the synthetic face, against MobileFaceNet-CASIA, ready to run."""
+    points = _face()
+    points_px = points * SIZE - 0.5
+    landmarks5 = np.stack(
+        [points_px[36:42].mean(0), points_px[42:48].mean(0), points_px[30], points_px[48], points_px[54]]
+    )
+    image = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    face = prepare_face(image, points_px, landmarks5, face_anchors(points, config), config)
+    identity = AdversarialIdentityLoss([load_fr_model("mobilefacenet_casia")], "dodge")
+    with torch.no_grad():
+        source = identity.embed(face.work.image01, face.landmarks5)
+    module = WarpAttack(face, "x", identity, IdentityReference(source), thresholds, config)
+    module.on_fit_start()
+    return module
 
 
 def test_gradients_reach_the_displacements_and_the_makeup_even_with_a_closed_mouth(weights_dir: Path) -> None:
@@ -103,14 +198,22 @@ def test_gradients_reach_the_displacements_and_the_makeup_even_with_a_closed_mou
     images, _ = module.edit(face.work)
     terms, _ = module.losses(images)
     terms["loss"].sum().backward()
-    for parameter in (module.displacement_raw, module.colour_raw, module.opacity_raw):
+    for parameter in (module.translation_raw, module.displacement_raw, module.colour_raw, module.opacity_raw):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0
-    assert set(dict(module.named_parameters())) == {"displacement_raw", "colour_raw", "opacity_raw"}
+    assert set(dict(module.named_parameters())) == {"translation_raw", "displacement_raw", "colour_raw", "opacity_raw"}
 
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("max_displacement", 0.0), ("makeup", ("lipstick",)), ("expression", "smug"), ("lambda_adv", 0.0)],
+    [
+        ("max_displacement", 0.0),
+        ("makeup", ("lipstick",)),
+        ("expression", "smug"),
+        ("lambda_adv", 0.0),
+        ("feature_bound", 0.0),
+        ("adv_loss", "max"),
+        ("makeup_luminance_share", 1.5),
+    ],
 )
 def test_bad_settings_name_their_key(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"warp.{key}"):

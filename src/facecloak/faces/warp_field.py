@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+FIELD_BOUNDS = ("rescale", "clamp")
+"""How :func:`dense_field` keeps the field within its cap: scale the whole lattice, or shorten each long vector."""
+
 DEFAULT_STIFFNESS = 1e-3
 """Ridge on the spline's kernel matrix (crop-normalised units): 0 interpolates the landmark moves exactly, which
 between close landmarks moved apart (inner and outer lip) overshoots several-fold and can fold the image; a smoothing
@@ -110,6 +113,7 @@ def dense_field(
     grid: int = 64,
     max_norm: float | None = None,
     stiffness: float = DEFAULT_STIFFNESS,
+    bound: str = "rescale",
 ) -> Tensor:
     """The dense, bounded field of a landmark edit: landmarks moved, anchors held, faded out.
 
@@ -117,9 +121,11 @@ def dense_field(
     ``displacement`` ``[B, N, 2]``, anchors ``[B, K, 2]`` held still, faded out by ``support`` ``[B or 1, 1, H, W]``.
 
     The spline is evaluated on a ``grid``×``grid`` lattice and upsampled bilinearly (it is smooth at that scale),
-    which keeps the cost independent of the photo's resolution. With ``max_norm`` the lattice is scaled down as a
-    whole when its longest vector exceeds it; bilinear upsampling and a support in [0, 1] only take convex
-    combinations, so no pixel of the field moves further than ``max_norm``.
+    which keeps the cost independent of the photo's resolution. With ``max_norm`` and ``bound`` "rescale" the lattice
+    is scaled down as a whole when its longest vector exceeds it (one feature at the cap shrinks every other move);
+    with "clamp" each lattice vector longer than ``max_norm`` is shortened to it and the rest keep their size.
+    Bilinear upsampling and a support in [0, 1] only take convex combinations, so either way no pixel of the field
+    moves further than ``max_norm``.
     """
     moved = torch.cat([landmarks + displacement, anchors], dim=1)
     back = torch.cat([-displacement, torch.zeros_like(anchors)], dim=1)
@@ -128,7 +134,9 @@ def dense_field(
     yy, xx = torch.meshgrid(axis, axis, indexing="ij")
     queries = torch.stack([xx, yy], dim=-1).reshape(1, -1, 2).expand(landmarks.shape[0], -1, -1)
     coarse = tps_evaluate(queries, moved, weights, affine).reshape(-1, grid, grid, 2).permute(0, 3, 1, 2)
-    if max_norm is not None:
+    if max_norm is not None and bound == "clamp":
+        coarse = coarse * (max_norm / coarse.norm(dim=1, keepdim=True).clamp_min(max_norm))
+    elif max_norm is not None:
         longest = coarse.norm(dim=1).flatten(1).max(dim=1).values.clamp_min(max_norm)
         coarse = coarse * (max_norm / longest).view(-1, 1, 1, 1)
     field = F.interpolate(coarse, size=support.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,13 +1,16 @@
 """The landmark-warp protection's optimisation: a LightningModule whose only trainable state is one face's edit.
 
-Parameters: a displacement of each of the 68 dlib landmarks (``max_displacement`` × inter-ocular distance × tanh,
-so the bound is hard) and, optionally, one Lab colour and opacity per make-up layer (sigmoid boxes from
-:mod:`facecloak.faces.makeup`). The edit renders as make-up first, then the thin-plate-spline warp of
-:mod:`facecloak.faces.warp_field`, so the make-up moves with the face. Per step::
+Parameters: a translation of each facial feature and a local move of each of the 68 dlib landmarks within its
+feature, each a bound × tanh so the bounds are hard (:mod:`facecloak.faces.landmark_groups`: features move up to
+``max_displacement`` × inter-ocular distance, local moves up to ``feature_bound`` of the feature's extent), and,
+optionally, one Lab colour and opacity per make-up layer (sigmoid boxes from :mod:`facecloak.faces.makeup`). The
+edit renders as make-up first, then the thin-plate-spline warp of :mod:`facecloak.faces.warp_field`, so the make-up
+moves with the face. Per step::
 
     loss = λ_adv · L_adv(EOT view) + λ_smooth · Laplacian(mesh) + λ_sym · asymmetry + λ_mag · ‖d‖² + λ_expr · NLL
 
-``L_adv`` is the shared :class:`~facecloak.losses.identity.AdversarialIdentityLoss` over the attacked ensemble,
+``L_adv`` is the shared :class:`~facecloak.losses.identity.AdversarialIdentityLoss` over the attacked ensemble (or
+its per-model hinge, ``adv_loss: hinge``),
 through the latent search's random differentiable degradations (JPEG, resize, blur) and crop jitter when configured;
 the Laplacian term is MAP's (:mod:`facecloak.losses.landmark_smoothness`), in inter-ocular
 units; the expression term is MAP's expression model. Once every attacked model passes its threshold (with the
@@ -28,7 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from facecloak.faces.makeup import apply_makeup, bounded_colours, bounded_opacity, makeup_masks
+from facecloak.faces.landmark_groups import FEATURES, face_frame, feature_of_landmark, move_bounds
+from facecloak.faces.makeup import LUMINANCE_SHARE, apply_makeup, bounded_colours, bounded_opacity, makeup_masks
 from facecloak.faces.regions import jitter_landmarks
 from facecloak.faces.warp_field import anchor_ring, dense_field, inter_ocular, normalise_points, support_mask
 from facecloak.losses.degrade import RandomDegradation
@@ -133,7 +137,14 @@ class WarpAttack(L.LightningModule):
         self.config = config
         self.thresholds = dict(thresholds)
         self.judges = _Judges(identity, reference, expression if config.expression is not None else None)
+        self.translation_raw = nn.Parameter(torch.zeros(1, len(FEATURES), 2))
         self.displacement_raw = nn.Parameter(torch.zeros_like(face.landmarks))
+        points = face.landmarks[0].double().numpy()
+        translation, local = move_bounds(points, config.feature_bound, config.max_displacement * face.iod)
+        self.translation_bound = torch.from_numpy(translation).float()[None]
+        self.local_bound = torch.from_numpy(local).float()[None]
+        self.frame = torch.from_numpy(face_frame(points)).float()
+        self.feature = torch.from_numpy(feature_of_landmark())
         regions = len(config.regions)
         self.colour_raw = nn.Parameter(torch.zeros(1, regions, 3))
         self.opacity_raw = nn.Parameter(torch.full((1, regions), -2.0))  # a faint start with a live gradient
@@ -153,8 +164,11 @@ class WarpAttack(L.LightningModule):
     # --- the edit ---
 
     def displacement(self) -> Tensor:
-        """Landmark moves ``[1, 68, 2]`` (crop-normalised), each coordinate within ``max_displacement`` × IOD."""
-        return self.config.max_displacement * self.face.iod * torch.tanh(self.displacement_raw)
+        """Landmark moves ``[1, 68, 2]`` (crop-normalised): its feature's translation plus its own local move."""
+        raw = self.displacement_raw
+        translation = self.translation_bound.to(raw) * torch.tanh(self.translation_raw)
+        moves = translation[:, self.feature.to(raw.device)] + self.local_bound.to(raw) * torch.tanh(raw)
+        return moves @ self.frame.to(raw).T  # face frame → crop axes
 
     def makeup(self) -> tuple[Tensor, Tensor]:
         """Each layer's Lab colour ``[1, R, 3]`` and opacity ``[1, R]``."""
@@ -169,11 +183,14 @@ class WarpAttack(L.LightningModule):
         image = geometry.image01
         if geometry.masks is not None:
             colours, opacity = self.makeup()
-            image = apply_makeup(image, geometry.masks, colours, opacity, self.config.makeup_luminance_share)
+            share = self.config.makeup_luminance_share
+            shares = [LUMINANCE_SHARE[r] if share is None else share for r in self.config.regions]
+            image = apply_makeup(image, geometry.masks, colours, opacity, shares)
         landmarks, anchors = self.face.landmarks.to(image), self.face.anchors.to(image)
         c = self.config
-        bound = c.max_displacement * self.face.iod
-        field = dense_field(landmarks, self.displacement(), anchors, geometry.support, c.field_grid, bound, c.stiffness)
+        cap = c.max_displacement * self.face.iod
+        moves = self.displacement()
+        field = dense_field(landmarks, moves, anchors, geometry.support, c.field_grid, cap, c.stiffness, c.field_bound)
         return apply_field(image, field, geometry.support), field
 
     # --- the objective ---
@@ -186,6 +203,8 @@ class WarpAttack(L.LightningModule):
         if self._jitter is not None:
             landmarks5 = jitter_landmarks(landmarks5, c.fr_crop_jitter, self._jitter)
         adv, sims = self.judges.identity(view, landmarks5, self.judges.reference)
+        if c.adv_loss == "hinge":
+            adv = self._hinge(sims)
         moves = self.displacement() / self.face.iod
         moved = self.face.landmarks / self.face.iod + moves
         mirrored = moves[:, list(DLIB68_MIRROR)]
@@ -204,6 +223,15 @@ class WarpAttack(L.LightningModule):
         weights.update(magnitude=c.lambda_magnitude, expression=c.lambda_expression)
         terms["loss"] = sum((weights[k] * terms[k] for k in weights), torch.zeros_like(adv))
         return terms, sims
+
+    def _hinge(self, sims: Mapping[str, Mapping[str, Tensor]]) -> Tensor:
+        """Mean over the attacked models of how far each still is from ``adv_margin`` past its threshold."""
+        margin = self.config.adv_margin
+        if self.judges.identity.mode == "dodge":
+            gaps = [sim - (self.thresholds[name] - margin) for name, sim in sims["source"].items()]
+        else:
+            gaps = [self.thresholds[name] + margin - sim for name, sim in sims["target"].items()]
+        return torch.stack(gaps, dim=1).clamp_min(0.0).mean(dim=1)
 
     @torch.no_grad()
     def clean_similarities(self, images01: Tensor) -> dict[str, dict[str, Tensor]]:

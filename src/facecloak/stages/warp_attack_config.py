@@ -13,8 +13,11 @@ from typing import Any
 
 from facecloak.errors import ConfigError
 from facecloak.faces.makeup import REGIONS
-from facecloak.faces.warp_field import DEFAULT_STIFFNESS
+from facecloak.faces.warp_field import DEFAULT_STIFFNESS, FIELD_BOUNDS
 from facecloak.losses.degrade import DegradationConfig
+
+ADV_LOSSES = ("mean", "hinge")
+"""How the attacked models' similarities become one adversarial term (see ``WarpAttackConfig.adv_loss``)."""
 
 MAX_CROP_JITTER = 0.5
 """FR crop jitter at or beyond this no longer shows a face (as in the latent search)."""
@@ -35,6 +38,13 @@ class WarpAttackConfig:
     max_displacement: float = 0.06
     """Largest move of any landmark and of any pixel of the dense field, as a fraction of the inter-ocular distance
     (hard bounds: a tanh on each landmark, a rescaling of the field)."""
+    field_bound: str = "rescale"
+    """How the dense field is kept within ``max_displacement``: ``rescale`` shrinks the whole field when any point
+    exceeds it, ``clamp`` shortens only the vectors that do (the rest of the face keeps its moves)."""
+    feature_bound: float | None = None
+    """Local moves within a feature (an eye's opening, the lips' height, a brow's height over its eye) at most this
+    fraction of that feature's extent, while whole features move up to ``max_displacement``
+    (:mod:`facecloak.faces.landmark_groups`); None: every landmark is bounded by ``max_displacement`` alone."""
     stiffness: float = DEFAULT_STIFFNESS
     """Smoothing of the thin-plate spline (0: exact interpolation of the landmark moves, which can fold the image)."""
     anchor_margin: float = 0.4
@@ -46,11 +56,18 @@ class WarpAttackConfig:
     crop_margin: float = 0.15
     """The crop holds the anchor ring plus this fraction of its size on each side."""
     makeup: tuple[str, ...] = ()
-    """Make-up layers to optimise (any of lips, eyelids, brows, cheeks); empty: geometry only."""
-    makeup_luminance_share: float = 0.3
-    """How much of a layer's own lightness replaces the skin's (the rest keeps the skin's shading)."""
+    """Make-up layers to optimise (any of :data:`~facecloak.faces.makeup.REGIONS`); empty: geometry only."""
+    makeup_luminance_share: float | None = None
+    """How much of a layer's own lightness replaces the skin's, for every layer; None: each layer's own
+    (:data:`~facecloak.faces.makeup.LUMINANCE_SHARE`)."""
     expression: str | None = None
     """An expression the warp should read as (e.g. happy: a slight smile carries the change); None: none asked."""
+    adv_loss: str = "mean"
+    """``mean``: the attacked models' mean similarity (push all, as the latent search); ``hinge``: each model's
+    similarity past ``threshold − adv_margin`` only, so models already fooled stop pulling and the stubborn ones get
+    the whole step."""
+    adv_margin: float = 0.2
+    """How far below its threshold the hinge keeps pushing each model."""
     lambda_adv: float = 1.0
     lambda_smooth: float = 20.0
     """Laplacian smoothness on the landmark mesh (in inter-ocular units): features move with their neighbours."""
@@ -85,7 +102,13 @@ class WarpAttackConfig:
         unknown = sorted(set(self.makeup) - set(REGIONS))
         _require(not unknown, "makeup", f"unknown layers {unknown}; choose from {list(REGIONS)}")
         _require(len(set(self.makeup)) == len(self.makeup), "makeup", "names a layer twice")
-        _require(0 <= self.makeup_luminance_share <= 1, "makeup_luminance_share", "must be in [0, 1]")
+        share = self.makeup_luminance_share
+        _require(share is None or 0 <= share <= 1, "makeup_luminance_share", "must be in [0, 1] or null")
+        _require(self.field_bound in FIELD_BOUNDS, "field_bound", f"must be one of {list(FIELD_BOUNDS)}")
+        bound = self.feature_bound
+        _require(bound is None or 0 < bound <= 1, "feature_bound", "must be in (0, 1] of a feature's extent or null")
+        _require(self.adv_loss in ADV_LOSSES, "adv_loss", f"must be one of {list(ADV_LOSSES)}")
+        _require(0 <= self.adv_margin < 1, "adv_margin", "must be in [0, 1)")
         if self.expression is not None:
             try:
                 expression_index(self.expression)

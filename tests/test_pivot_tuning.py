@@ -179,3 +179,18 @@ def test_moving_the_run_leaves_the_shared_networks_alone() -> None:
     assert _dtypes(module.perceptual) <= {torch.float32}
     assert all(p.dtype == torch.float64 for p in module.deltas)
     assert not any(m is generator for m in module.modules())
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_tuning_reads_device_values_only_every_n_steps(photos, monkeypatch, every) -> None:
+    """The early stop holds offsets on the device; only the all-stopped check reads back, every N steps."""
+    from test_latent_search import HostReads
+
+    ids, images, pivots, noise = photos
+    config = replace(CONFIG, steps=8, early_stop_perceptual=1e-9)  # a threshold no image meets: never stops
+    counter = HostReads(monkeypatch)
+    kwargs = {**TRAINER, "callbacks": [counter], "log_every_n_steps": every}
+    results = tune_images(tiny_generator(), images[[0]], pivots[[0]], [ids[0]], config, kwargs, [n[[0]] for n in noise])
+    assert results[0].metrics["steps"] == config.steps
+    assert results[0].metrics["seconds_per_step"] > 0
+    assert len(counter.reads) <= config.steps // every, counter.reads

@@ -77,6 +77,16 @@ def _msssim_scales(size: int, kernel: int = MSSSIM_KERNEL) -> int:
     return n
 
 
+def _rescaled_betas(n: int) -> tuple[float, ...]:
+    """The first ``n`` exponents rescaled to the full set's sum (fewer scales on small images weigh the same)."""
+    betas = torch.tensor(MSSSIM_BETAS[:n])
+    return tuple((betas * (sum(MSSSIM_BETAS) / betas.sum())).tolist())
+
+
+_MSSSIM_BETAS_BY_SCALES = {n: _rescaled_betas(n) for n in range(1, len(MSSSIM_BETAS) + 1)}
+"""Computed once at import: a per-call tensor round trip is a host read in every optimisation step."""
+
+
 class MSSSIMDistance(nn.Module):
     """``1 - MS-SSIM`` per image: the weight-free fallback (see the module docstring for why).
 
@@ -91,16 +101,14 @@ class MSSSIMDistance(nn.Module):
         """Distance in [0, 1] per image (0: identical)."""
         from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as msssim
 
-        n = _msssim_scales(min(x.shape[-2:]))
-        betas = torch.tensor(MSSSIM_BETAS[:n])
-        betas = betas * (sum(MSSSIM_BETAS) / betas.sum())
+        betas = _MSSSIM_BETAS_BY_SCALES[_msssim_scales(min(x.shape[-2:]))]
         with full_precision():  # 1 − MS-SSIM of near-identical images is a difference of numbers close to 1
             score = msssim(
                 widened(x),
                 widened(y),
                 data_range=IMAGE_RANGE,
                 kernel_size=MSSSIM_KERNEL,
-                betas=tuple(betas.tolist()),
+                betas=betas,
                 normalize="simple",
                 reduction="none",
             )

@@ -23,7 +23,6 @@ optimizer holds its weights, but they never receive a gradient).
 
 from __future__ import annotations
 
-import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 from facecloak.inversion.projector import per_image_mse
 from facecloak.losses.perceptual import build_perceptual, resize_for_loss
 from facecloak.models.stylegan2 import Generator
+from facecloak.runtime.clock import device_clock
 from facecloak.stages.fit import build_trainer, quiet_fit, same_batch_loader
 from facecloak.stages.pivot_tuning_config import PivotTuningConfig
 from facecloak.stages.tuned_generator import TuningResult, render_per_image, tuned_parameter_names
@@ -110,10 +110,13 @@ class PivotTuning(L.LightningModule):
             [nn.Parameter(torch.zeros(n, *params[name].shape, dtype=params[name].dtype)) for name in self.tuned_names]
         )
         self.register_buffer("stopped_at", torch.full((n,), -1, dtype=torch.long))
-        self._snapshots: dict[int, list[Tensor]] = {}
+        self._held: list[Tensor] = []  # per tuned tensor: the values stopped images are put back to
         self._batch: dict | None = None
-        self._step_started = 0.0
-        self.step_seconds: list[float] = []
+        self.steps_run = 0
+        self._train_started = 0.0
+        self._first_step_seconds = 0.0
+        self._timed_from: float | None = None  # device clock after the first (warm-up) step
+        self.seconds_per_step = 0.0
         self.metrics_before: dict[str, Tensor] = {}
         self.metrics_after: dict[str, Tensor] = {}
 
@@ -144,12 +147,19 @@ class PivotTuning(L.LightningModule):
         mse = per_image_mse(rendered, batch["target"])
         return {"perceptual": perceptual, "mse": mse, "loss": perceptual + self.config.mse_weight * mse}
 
+    def on_train_start(self) -> None:
+        """Start the clock once the device is idle (its queue holds nothing of this run yet)."""
+        self._train_started = device_clock(self.device)
+
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> int | None:
-        """End the run once every image has met the early-stop threshold (-1 ends the single epoch)."""
-        if bool((self.stopped_at >= 0).all()):
-            return -1
-        self._step_started = time.perf_counter()
-        return None
+        """End the run once every image has met the early-stop threshold (-1 ends the single epoch).
+
+        The look is a host read (a GPU sync), so it comes at the Trainer's ``log_every_n_steps`` cadence; steps run
+        after the last image stopped change nothing, since stopped images are put back after every step.
+        """
+        if self.global_step % int(getattr(self.trainer, "log_every_n_steps", 1)):
+            return None
+        return -1 if bool((self.stopped_at >= 0).all()) else None
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """One Adam step on every image's offsets; the loss is the sum of the per-image losses."""
@@ -158,30 +168,46 @@ class PivotTuning(L.LightningModule):
         if self.global_step == 0:
             self.metrics_before = {k: v.detach().cpu() for k, v in terms.items()}
         self._check_early_stop(terms["perceptual"].detach())
-        for key, value in terms.items():
-            self.log(f"tune/{key}", value.mean(), prog_bar=key == "loss")
+        for key, value in terms.items():  # not prog_bar: Lightning would read it back every step (a GPU sync)
+            self.log(f"tune/{key}", value.mean())
         self.log("tune/active_images", (self.stopped_at < 0).sum().float())
         return terms["loss"].sum()
 
     def _check_early_stop(self, perceptual: Tensor) -> None:
-        """Snapshot an image's offsets the first time its loss is under the threshold (PTI checks before stepping)."""
+        """Hold an image's offsets the first time its loss is under the threshold (PTI checks before stepping).
+
+        Decided on the device (no host read): the held copies take the current offsets where an image stops now.
+        """
         threshold = self.config.early_stop_perceptual
         if threshold is None:
             return
-        for i in torch.nonzero((perceptual <= threshold) & (self.stopped_at < 0)).flatten().tolist():
-            self.stopped_at[i] = self.global_step
-            self._snapshots[i] = [p.detach()[i].clone() for p in self.deltas]
+        if not self._held:
+            self._held = [torch.zeros_like(p.detach()) for p in self.deltas]
+        newly = (perceptual <= threshold) & (self.stopped_at < 0)
+        with torch.no_grad():
+            self.stopped_at.copy_(torch.where(newly, self.global_step, self.stopped_at))
+            for held, p in zip(self._held, self.deltas):
+                held.copy_(torch.where(newly.view(-1, *[1] * (p.ndim - 1)), p.detach(), held))
 
     def on_train_batch_end(self, outputs: object, batch: dict, batch_idx: int) -> None:
-        """Put stopped images back to their snapshot (Adam's momentum would keep moving them) and time the step."""
-        with torch.no_grad():
-            for i, snapshot in self._snapshots.items():
-                for p, s in zip(self.deltas, snapshot):
-                    p[i] = s
-        self.step_seconds.append(time.perf_counter() - self._step_started)
+        """Put stopped images back to their held offsets (Adam's momentum would keep moving them); count the step."""
+        if self._held:
+            stopped = self.stopped_at >= 0
+            with torch.no_grad():
+                for held, p in zip(self._held, self.deltas):
+                    p.copy_(torch.where(stopped.view(-1, *[1] * (p.ndim - 1)), held, p))
+        self.steps_run += 1
+        if self.steps_run == 1:  # the first step pays for warm-up: time the rest (one device wait, not one per step)
+            self._first_step_seconds = device_clock(self.device) - self._train_started
+            self._timed_from = device_clock()
 
     def on_train_end(self) -> None:
         """Define the tuned generators as ``base + fp16(delta)`` and measure them, still on the run's device."""
+        if self._timed_from is not None and self.steps_run > 1:
+            self.seconds_per_step = (device_clock(self.device) - self._timed_from) / (self.steps_run - 1)
+        else:
+            self.seconds_per_step = self._first_step_seconds
+        self._held = []
         with torch.no_grad():
             for p in self.deltas:
                 p.copy_(p.half().float())
@@ -195,7 +221,6 @@ class PivotTuning(L.LightningModule):
 
     def results(self, pivots: Tensor, noise: Sequence[Tensor]) -> list[TuningResult]:
         """Per-image results after ``fit``: pivots, noise maps, fp16 offsets and reconstruction metrics."""
-        seconds = self.step_seconds[1:] or self.step_seconds  # the first step pays for warm-up
         out = []
         for i, image_id in enumerate(self.image_ids):
             metrics = {f"{k}_before": float(v[i]) for k, v in self.metrics_before.items()}
@@ -203,8 +228,8 @@ class PivotTuning(L.LightningModule):
             metrics["psnr_before"] = float(psnr(self.metrics_before["mse"][i]))
             metrics["psnr_after"] = float(psnr(self.metrics_after["mse"][i]))
             stopped = int(self.stopped_at[i])
-            metrics["steps"] = float(stopped if stopped >= 0 else len(self.step_seconds))
-            metrics["seconds_per_step"] = sum(seconds) / max(1, len(seconds))
+            metrics["steps"] = float(stopped if stopped >= 0 else self.steps_run)
+            metrics["seconds_per_step"] = self.seconds_per_step
             out.append(
                 TuningResult(
                     image_id=image_id,

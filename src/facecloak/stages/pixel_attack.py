@@ -48,7 +48,8 @@ class PixelAttackStage(L.LightningModule):
         """One attack step; logs the identity loss the step started from."""
         assert self.run is not None
         loss = self.attack.step(self.run)
-        self.log(f"baseline/{self.attack.name}/loss", loss.float().mean(), prog_bar=True, batch_size=loss.shape[0])
+        # not prog_bar: Lightning would read it back every step (a GPU sync); loggers read it every N steps
+        self.log(f"baseline/{self.attack.name}/loss", loss.float().mean(), batch_size=loss.shape[0])
 
     def configure_optimizers(self) -> None:
         """No optimizer: the attack's step rule (signed, projected) is the update."""

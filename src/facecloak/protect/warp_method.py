@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from facecloak.faces.align import transform_points, warp_image
-from facecloak.faces.detect import Face, dlib_landmarks68
+from facecloak.faces.detect import Face
+from facecloak.faces.landmarks68 import landmarks68
 from facecloak.faces.regions import face_region_mask
 from facecloak.faces.warp_field import anchor_ring, apply_field, displacement_stats, inter_ocular, normalise_points
 from facecloak.io.images import Photo
@@ -38,8 +39,8 @@ MAX_CROP_SIDE = 1536
 class FaceCut:
     """A square crop around one face's anchor ring, and the face's points in it."""
 
-    def __init__(self, rgb: np.ndarray, face: Face, margin_iod: float, crop_margin: float) -> None:
-        landmarks = dlib_landmarks68(rgb, face)
+    def __init__(self, rgb: np.ndarray, face: Face, margin_iod: float, crop_margin: float, source: str) -> None:
+        landmarks = landmarks68(rgb, face, source)
         ring = anchor_ring(landmarks, margin_iod * inter_ocular(landmarks))
         low, high = ring.min(axis=0), ring.max(axis=0)
         side = float((high - low).max()) * (1.0 + 2.0 * crop_margin)
@@ -72,7 +73,9 @@ class WarpProtector(PhotoProtector):
     def _cut(self, photo: Photo, face: Face) -> tuple[FaceCut, WarpFace, torch.Tensor]:
         from facecloak.stages.warp_attack import prepare_face
 
-        cut = FaceCut(photo.rgb, face, self.settings.anchor_margin, self.settings.crop_margin)
+        cut = FaceCut(
+            photo.rgb, face, self.settings.anchor_margin, self.settings.crop_margin, self.config.faces.landmarks68
+        )
         crop01 = to_tensor01(cut.crop)
         return cut, prepare_face(crop01, cut.landmarks68, cut.landmarks5, cut.anchors, self.settings), crop01
 

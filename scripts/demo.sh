@@ -28,9 +28,11 @@ for record_path in sorted(out.glob("*-*.json")):
     print(f"before / after:  {record['outputs']['before_after']}")
     for note in record["notes"]:
         print(f"note: {note}")
-    for face in record["faces"]:
+    for face in record["faces"]:  # the verdict table above has every model; say the held-out one in words
         for model, verdict in face["fr"].items():
-            print(f"  {model:<22} {verdict.get('role', ''):<9} similarity to her own face "
-                  f"{verdict.get('similarity_before', 1):.3f} -> {verdict.get('similarity_after', float('nan')):.3f}"
-                  f" (match threshold {verdict['threshold']:.3f}: {'protected' if verdict['passes'] else 'still matched'})")
+            if verdict["role"] == "held_out":
+                kind = "distance" if verdict["metric"] == "euclidean" else "similarity"
+                print(f"face {face['face']}: {model} (never attacked) {kind} to her own face "
+                      f"{verdict['before']:.3f} -> {verdict['after']:.3f}, threshold {verdict['threshold']:.3f}: "
+                      f"{verdict['verdict']} (margin {verdict['margin']:+.3f})")
 PYEOF

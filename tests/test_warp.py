@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +243,15 @@ def test_protect_method_warp_end_to_end_and_resumes(faces_dir: Path, tmp_path: P
     assert main([*argv, "trainer.progress_bar=false", "warp.makeup=[lips]"]) == 0  # resumed: nothing redone
     assert Path(record["outputs"]["photo"]).stat().st_mtime_ns == written
     assert json.loads((out / "summary.json").read_text())["counts"] == {"done": 1}
+    # scripts/demo.sh runs this preset and closes with demo_summary.py on the records: it must read them
+    summary = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "scripts" / "demo_summary.py"), str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert summary.returncode == 0, summary.stderr
+    assert f"protected photo: {record['outputs']['photo']}" in summary.stdout
+    assert "dlib_native (never attacked) distance to the original face 0.000 ->" in summary.stdout
 
 
 def test_evaluate_methods_warp(faces_dir: Path, tmp_path: Path, single_thread: None) -> None:

@@ -113,6 +113,7 @@ def _protect_share(
             # Batches are fixed groups of this rank's photos, whatever is already done, so a resumed job batches the
             # unfinished photos of a group as the killed run did.
             size, todo = config.protect.batch_faces, set(pending)
+            position = {image_id: k for k, image_id in enumerate(pending)}  # the step each photo is logged at
             groups = [[i for i in mine[start : start + size] if i in todo] for start in range(0, len(mine), size)]
             for batch in ([(ids[image_id], image_id) for image_id in group] for group in groups if group):
                 progress.start_photo(_batch_name([path for path, _ in batch]))
@@ -130,7 +131,7 @@ def _protect_share(
                         manifest.record(
                             image_id, DONE, source=str(path), outputs=outputs, record=f"{image_id}.json", batch=ids_of
                         )
-                        _log_photo(logger, pending.index(image_id), outcome)
+                        _log_photo(logger, position[image_id], outcome)
                         log.info("%s", photo_line(path, outcome, shown_notes))
                     progress.finish_photo()
     finally:

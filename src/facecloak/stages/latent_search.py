@@ -54,6 +54,7 @@ from facecloak.losses.identity import AdversarialIdentityLoss, IdentityReference
 from facecloak.models.stylegan2 import Generator
 from facecloak.stages.change import pasted_change, texture_visibility
 from facecloak.stages.fit import build_trainer, quiet_fit, steps_loader
+from facecloak.stages.held_stop import copy_rows, end_when_all_stopped, mark_stopped
 from facecloak.stages.latent_search_config import LatentSearchConfig, default_layers
 from facecloak.stages.latent_search_io import (
     NOT_HYPERPARAMETERS,
@@ -299,14 +300,8 @@ class AdversarialLatentSearch(L.LightningModule):
         self._hold(self.stopped_at >= 0)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
-        """End the run once every image has stopped (-1 ends the single epoch), looking every N steps.
-
-        The look is a host read (a GPU sync), so it comes at the Trainer's ``log_every_n_steps`` cadence. Steps run
-        after the last image stopped change nothing: every stopped image is put back after each optimizer step.
-        """
-        if self.global_step % int(getattr(self.trainer, "log_every_n_steps", 1)):
-            return None
-        return -1 if bool((self.stopped_at >= 0).all()) else None
+        """End the run once every image has stopped (-1 ends the single epoch), looking every N steps."""
+        return end_when_all_stopped(self.stopped_at, self.global_step, self.trainer)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """One Adam step on the still-active images; the loss is the sum of their per-image losses."""
@@ -333,15 +328,13 @@ class AdversarialLatentSearch(L.LightningModule):
 
     def _hold(self, images: Tensor) -> None:
         """Keep the current values of ``images`` (a ``[B]`` mask) as the ones they are put back to."""
-        with torch.no_grad():
-            for held, param in self._held_and_trained():
-                mask = images.view(-1, *[1] * (param.ndim - 1))
-                held.copy_(torch.where(mask, param.detach(), held))
+        for held, param in self._held_and_trained():
+            copy_rows(held, param, images)
 
     def _stop_passing(self, passing: Tensor) -> None:
         """Freeze images that pass now at their current values (the ones that produced the passing render)."""
         newly = passing.to(self.stopped_at.device) & (self.stopped_at < 0)
-        self.stopped_at.copy_(torch.where(newly, self.global_step, self.stopped_at))
+        mark_stopped(self.stopped_at, newly, self.global_step)
         self._hold(newly)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
@@ -351,9 +344,8 @@ class AdversarialLatentSearch(L.LightningModule):
         """
         super().optimizer_step(*args, **kwargs)
         stopped = self.stopped_at >= 0
-        with torch.no_grad():
-            for held, param in self._held_and_trained():
-                param.copy_(torch.where(stopped.view(-1, *[1] * (param.ndim - 1)), held, param))
+        for held, param in self._held_and_trained():
+            copy_rows(param, held, stopped)
 
     def on_train_end(self) -> None:
         """Render and judge the final codes on the run's device."""

@@ -37,6 +37,7 @@ from facecloak.losses.perceptual import build_perceptual, resize_for_loss
 from facecloak.models.stylegan2 import Generator
 from facecloak.runtime.clock import device_clock
 from facecloak.stages.fit import build_trainer, quiet_fit, same_batch_loader
+from facecloak.stages.held_stop import copy_rows, end_when_all_stopped, mark_stopped
 from facecloak.stages.pivot_tuning_config import PivotTuningConfig
 from facecloak.stages.tuned_generator import TuningResult, render_per_image, tuned_parameter_names
 
@@ -113,9 +114,8 @@ class PivotTuning(L.LightningModule):
         self._held: list[Tensor] = []  # per tuned tensor: the values stopped images are put back to
         self._batch: dict | None = None
         self.steps_run = 0
-        self._train_started = 0.0
-        self._first_step_seconds = 0.0
-        self._timed_from: float | None = None  # device clock after the first (warm-up) step
+        self._started = 0.0  # device clock at the start of training
+        self._first_step_done = 0.0  # and after the first (warm-up) step
         self.seconds_per_step = 0.0
         self.metrics_before: dict[str, Tensor] = {}
         self.metrics_after: dict[str, Tensor] = {}
@@ -149,17 +149,11 @@ class PivotTuning(L.LightningModule):
 
     def on_train_start(self) -> None:
         """Start the clock once the device is idle (its queue holds nothing of this run yet)."""
-        self._train_started = device_clock(self.device)
+        self._started = device_clock(self.device)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> int | None:
-        """End the run once every image has met the early-stop threshold (-1 ends the single epoch).
-
-        The look is a host read (a GPU sync), so it comes at the Trainer's ``log_every_n_steps`` cadence; steps run
-        after the last image stopped change nothing, since stopped images are put back after every step.
-        """
-        if self.global_step % int(getattr(self.trainer, "log_every_n_steps", 1)):
-            return None
-        return -1 if bool((self.stopped_at >= 0).all()) else None
+        """End the run once every image has met the early-stop threshold (-1 ends the single epoch), every N steps."""
+        return end_when_all_stopped(self.stopped_at, self.global_step, self.trainer)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """One Adam step on every image's offsets; the loss is the sum of the per-image losses."""
@@ -184,29 +178,25 @@ class PivotTuning(L.LightningModule):
         if not self._held:
             self._held = [torch.zeros_like(p.detach()) for p in self.deltas]
         newly = (perceptual <= threshold) & (self.stopped_at < 0)
-        with torch.no_grad():
-            self.stopped_at.copy_(torch.where(newly, self.global_step, self.stopped_at))
-            for held, p in zip(self._held, self.deltas):
-                held.copy_(torch.where(newly.view(-1, *[1] * (p.ndim - 1)), p.detach(), held))
+        mark_stopped(self.stopped_at, newly, self.global_step)
+        for held, p in zip(self._held, self.deltas):
+            copy_rows(held, p, newly)
 
     def on_train_batch_end(self, outputs: object, batch: dict, batch_idx: int) -> None:
         """Put stopped images back to their held offsets (Adam's momentum would keep moving them); count the step."""
-        if self._held:
-            stopped = self.stopped_at >= 0
-            with torch.no_grad():
-                for held, p in zip(self._held, self.deltas):
-                    p.copy_(torch.where(stopped.view(-1, *[1] * (p.ndim - 1)), held, p))
+        stopped = self.stopped_at >= 0
+        for held, p in zip(self._held, self.deltas):
+            copy_rows(p, held, stopped)
         self.steps_run += 1
         if self.steps_run == 1:  # the first step pays for warm-up: time the rest (one device wait, not one per step)
-            self._first_step_seconds = device_clock(self.device) - self._train_started
-            self._timed_from = device_clock()
+            self._first_step_done = device_clock(self.device)
 
     def on_train_end(self) -> None:
         """Define the tuned generators as ``base + fp16(delta)`` and measure them, still on the run's device."""
-        if self._timed_from is not None and self.steps_run > 1:
-            self.seconds_per_step = (device_clock(self.device) - self._timed_from) / (self.steps_run - 1)
-        else:
-            self.seconds_per_step = self._first_step_seconds
+        if self.steps_run > 1:
+            self.seconds_per_step = (device_clock(self.device) - self._first_step_done) / (self.steps_run - 1)
+        elif self.steps_run == 1:
+            self.seconds_per_step = self._first_step_done - self._started
         self._held = []
         with torch.no_grad():
             for p in self.deltas:
